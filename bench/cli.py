@@ -1,0 +1,302 @@
+"""The ``accbench`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .errors import AccbenchError
+
+
+def _split(values: tuple[str, ...] | str | None) -> list[str]:
+    """``--x a,b --x c`` -> [a, b, c]."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = (values,)
+    out: list[str] = []
+    for v in values:
+        out.extend(p.strip() for p in v.split(",") if p.strip())
+    return out
+
+
+def _int_list(value: str | None, flag: str) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        return [int(v) for v in _split(value)]
+    except ValueError:
+        raise AccbenchError(f"{flag} takes comma-separated integers, got {value!r}") from None
+
+
+def _method_options(pairs: tuple[str, ...]) -> dict[str, dict]:
+    """``-o medusa1.tree=small -o lookahead.W=5`` -> {"medusa1": {"tree": "small"}, ...}."""
+    out: dict[str, dict] = {}
+    for p in pairs:
+        if "=" not in p or "." not in p.split("=", 1)[0]:
+            raise AccbenchError(f"--option expects METHOD.KEY=VALUE, got {p!r}")
+        lhs, value = p.split("=", 1)
+        method, key = lhs.split(".", 1)
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(method, {})[key] = parsed
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="accbench")
+def main() -> None:
+    """accbench: how much does each LLM inference-acceleration method speed up generation on
+    your model and hardware, and what does it cost in quality?
+
+    \b
+    Typical use:
+      accbench list
+      accbench run --methods ar --model smollm2-135m --suite mbpp,cnndm --limit 5
+    """
+
+
+@main.command()
+@click.option("--methods", "-m", multiple=True, default=("ar",), show_default=True,
+              help="Comma-separated methods (see `accbench list`). AR always runs first as the baseline "
+                   "when listed.")
+@click.option("--model", "models", multiple=True, default=("smollm2-135m",), show_default=True,
+              help="Registry name, Hugging Face id or local directory; repeat or comma-separate for several.")
+@click.option("--suite", "suites", multiple=True, default=("mbpp",), show_default=True,
+              help="Comma-separated suites: mbpp, cnndm, summarization (with --data), prompts (with --data).")
+@click.option("--limit", type=int, default=None, help="Samples per suite (default: the whole split).")
+@click.option("--max-new-tokens", type=int, default=None, help="Generation budget (default: the suite's own).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling and bootstrap.")
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32 on CPU, bfloat16 on CUDA).")
+@click.option("--device", default=None, help="cpu | cuda | cuda:N (default: cpu).")
+@click.option("--repeats", type=int, default=1, show_default=True,
+              help="Timed generations per sample; the median is recorded, all are kept.")
+@click.option("--warmup", type=int, default=1, show_default=True,
+              help="Unrecorded warmup generations per method and model.")
+@click.option("--prompt-format", type=click.Choice(["raw", "chat"]), default="raw", show_default=True,
+              help="chat wraps each prompt in the model's chat template (raw when it has none).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder with the data sets (else $ACCBENCH_DATA_DIR, else the Hugging Face hub).")
+@click.option("--data", "data_file", type=click.Path(dir_okay=False), default=None,
+              help="Data file for the summarization and prompts suites.")
+@click.option("--option", "-o", "options", multiple=True, metavar="METHOD.KEY=VALUE",
+              help="Method option (value parsed as JSON when it can be), e.g. -o lookahead.W=5.")
+@click.option("--prompt-lengths", default=None, metavar="N,N,...",
+              help="Sweep axis: cut (middle truncation) or pack (other samples' text in front) every prompt "
+                   "to each of these token counts, e.g. 512,1024,2048,4096.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Results folder (default: results/<first model>-<suites>). Rerunning resumes.")
+@click.option("--overwrite", is_flag=True, help="Discard an existing results folder with other settings.")
+def run(methods, models, suites, limit, max_new_tokens, seed, temperature, top_p, dtype, device, repeats,
+        warmup, prompt_format, data_dir, data_file, options, prompt_lengths, out, overwrite) -> None:
+    """Run a sweep: methods x models x suites. Writes config.json, samples.jsonl and
+    summary.csv into --out and prints a table per suite. Interrupt it at any time: rerunning
+    the same command skips finished samples."""
+    from .progress import RichProgress
+    from .results import ResultsDir
+    from .runner import SweepConfig, run_sweep
+    from .summary import summarize
+    from .tables import summary_tables
+
+    console = Console()
+    model_list, suite_list = _split(models), _split(suites)
+    out_path = Path(out) if out else Path("results") / f"{model_list[0].replace('/', '_')}-{'-'.join(suite_list)}"
+    cfg = SweepConfig(
+        methods=_split(methods), models=model_list, suites=suite_list, out=out_path, limit=limit,
+        max_new_tokens=max_new_tokens, seed=seed, dtype=dtype, device=device, repeats=repeats, warmup=warmup,
+        temperature=temperature, top_p=top_p, prompt_format=prompt_format, data_dir=data_dir,
+        data_file=data_file, method_options=_method_options(options),
+        prompt_lengths=_int_list(prompt_lengths, "--prompt-lengths"),
+    )
+    try:
+        results = run_sweep(cfg, RichProgress(console), overwrite=overwrite)
+    except KeyboardInterrupt:
+        n = len(ResultsDir(out_path).load_rows(repair=False)) if (out_path / "samples.jsonl").exists() else 0
+        console.print(f"[yellow]Interrupted.[/yellow] {n} rows are saved in {out_path}; "
+                      "rerun the same command to resume.")
+        sys.exit(130)
+    frame = summarize(results.load_rows())
+    results.write_summary_csv(frame)
+    for t in summary_tables(frame):
+        console.print(t)
+    console.print(f"[dim]rows: {results.samples_path}  summary: {results.summary_path}[/dim]")
+
+
+@main.command(name="list")
+def list_cmd() -> None:
+    """Methods, models and suites, with their readiness."""
+    from accbench import methods as method_registry
+    from accbench import suites as suite_registry
+    from accbench.models import MODELS, readiness
+
+    console = Console()
+    t = Table(title="methods", title_justify="left")
+    for c in ("name", "lossless", "description"):
+        t.add_column(c)
+    for name, cls in method_registry.available().items():
+        status = getattr(cls, "readiness", None)
+        t.add_row(name, "yes" if cls.lossless else "no", cls.description + (f" ({status()})" if status else ""))
+    console.print(t)
+
+    t = Table(title="models", title_justify="left")
+    for c in ("name", "source", "status", "description"):
+        t.add_column(c)
+    for name, spec in MODELS.items():
+        t.add_row(name, spec.source, readiness(name), spec.description)
+    console.print(t)
+
+    t = Table(title="suites", title_justify="left")
+    for c in ("name", "status", "description"):
+        t.add_column(c)
+    for name, cls in suite_registry.available().items():
+        t.add_row(name, suite_registry.readiness(name), cls.description)
+    console.print(t)
+
+
+def _method_class(method: str, capability: str):
+    from accbench import methods as method_registry
+
+    known = method_registry.available()
+    if method not in known:
+        raise AccbenchError(f"unknown method {method!r}; valid: {', '.join(known)}")
+    cls = known[method]
+    if not hasattr(cls, capability):
+        able = [n for n, c in known.items() if hasattr(c, capability)]
+        raise AccbenchError(f"method {method!r} has nothing to {capability}; methods that do: {', '.join(able) or 'none'}")
+    return cls
+
+
+def _key_values(pairs: tuple[str, ...]) -> dict:
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise AccbenchError(f"--option expects KEY=VALUE, got {p!r}")
+        k, v = p.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+@main.command()
+@click.argument("method")
+@click.option("--model", default="smollm2-135m", show_default=True)
+@click.option("--steps", type=int, default=None, help="Optimizer steps (default: sized for this machine).")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None)
+@click.option("--seq-len", type=int, default=None, help="Tokens per training sequence.")
+@click.option("--data-source", "sources", multiple=True, default=("mbpp", "cnndm"), show_default=True,
+              help="Never-evaluated splits: mbpp (task_ids 601-974), cnndm (items 500-999).")
+@click.option("--text", "text_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Extra training text file(s), documents separated by blank lines.")
+@click.option("--targets", type=click.Choice(["self", "ground-truth"]), default="self", show_default=True,
+              help="self: the backbone's own predictions (self-distillation); ground-truth: the text.")
+@click.option("--dtype", default=None)
+@click.option("--device", default=None)
+@click.option("--data-dir", default=None)
+@click.option("--restart", is_flag=True, help="Ignore an existing checkpoint and start over.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE", help="Method-specific option.")
+def train(method, model, steps, batch_size, lr, seq_len, sources, text_files, targets, dtype, device, data_dir,
+          restart, seed, options) -> None:
+    """Train what METHOD needs (Medusa heads, MTP heads) for --model. Checkpoints as it goes;
+    rerunning resumes an interrupted training."""
+    from .train_data import TrainRequest
+
+    cls = _method_class(method, "train")
+    req = TrainRequest(method=method, model=model, steps=steps, batch_size=batch_size, lr=lr, seq_len=seq_len,
+                       sources=sources, text_files=text_files, targets=targets, dtype=dtype, device=device,
+                       data_dir=data_dir, restart=restart, seed=seed, options=_key_values(options))
+    try:
+        cls.train(req, Console())
+    except KeyboardInterrupt:
+        Console().print("[yellow]Interrupted.[/yellow] The last checkpoint is kept; rerun the same command to resume.")
+        sys.exit(130)
+
+
+def _tune(method, model, dtype, device, data_dir, options) -> None:
+    cls = _method_class(method, "tune")
+    cls.tune(dict(model=model, dtype=dtype, device=device, data_dir=data_dir, **_key_values(options)), Console())
+
+
+_tune_options = [
+    click.option("--model", default="smollm2-135m", show_default=True),
+    click.option("--dtype", default=None),
+    click.option("--device", default=None),
+    click.option("--data-dir", default=None),
+    click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE"),
+]
+
+
+def _with(options):
+    def deco(f):
+        for o in reversed(options):
+            f = o(f)
+        return f
+    return deco
+
+
+@main.command()
+@click.argument("method")
+@_with(_tune_options)
+def tune(method, model, dtype, device, data_dir, options) -> None:
+    """Fit METHOD's structure (Medusa tree, Lookahead W/N/G) to this model and device by
+    measuring, and save it as that method's default here."""
+    _tune(method, model, dtype, device, data_dir, options)
+
+
+@main.command(name="tune-tree")
+@click.option("--method", default="medusa1", show_default=True)
+@_with(_tune_options)
+def tune_tree(method, model, dtype, device, data_dir, options) -> None:
+    """Pick the Medusa tree that maximizes expected tokens/s on this device (= tune METHOD)."""
+    _tune(method, model, dtype, device, data_dir, options)
+
+
+@main.command(name="tune-lookahead")
+@_with(_tune_options)
+def tune_lookahead(model, dtype, device, data_dir, options) -> None:
+    """Pick Lookahead's W, N, G for this model and device by measuring (= tune lookahead)."""
+    _tune("lookahead", model, dtype, device, data_dir, options)
+
+
+# Commands that live in their own modules (reports, gates, executors...): (module, attribute).
+# Third-party packages add commands through the ``accbench.commands`` entry-point group.
+COMMAND_MODULES = [
+    ("accbench.report", "commands"),
+    ("accbench.lmeval", "commands"),
+]
+
+
+def _load_commands() -> None:
+    import importlib
+    from importlib.metadata import entry_points
+
+    for mod_name, attr in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as e:
+            if e.name == mod_name:
+                continue
+            raise
+        for cmd in getattr(mod, attr):
+            main.add_command(cmd)
+    for ep in entry_points(group="accbench.commands"):
+        main.add_command(ep.load(), name=ep.name)
+
+
+_load_commands()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

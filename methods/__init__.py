@@ -1,0 +1,60 @@
+"""Method registry. Built-in methods live one per file in this package; third-party methods
+register through the ``accbench.methods`` entry-point group (``name = "pkg.module:Class"``)
+or by calling :func:`register` at import time."""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from .base import (  # noqa: F401  (re-exported: the protocol is the public API)
+    Clock,
+    Decoder,
+    DecoderBase,
+    GenerationRecord,
+    SamplingConfig,
+    StopChecker,
+)
+
+_REGISTRY: dict[str, type] = {}
+# Built-in modules, imported lazily so `accbench list` stays fast.
+_BUILTIN_MODULES = ["ar", "pld"]
+_loaded = False
+
+
+def register(cls: type) -> type:
+    """Class decorator: ``@register`` on a Decoder subclass with a ``name`` attribute."""
+    name = getattr(cls, "name", "")
+    if not name:
+        raise ValueError(f"{cls!r} has no 'name'")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in _BUILTIN_MODULES:
+        importlib.import_module(f"{__name__}.{mod}")
+    for ep in entry_points(group="accbench.methods"):
+        if ep.name in _REGISTRY:
+            continue
+        cls = ep.load()
+        if not getattr(cls, "name", ""):
+            cls.name = ep.name
+        _REGISTRY[ep.name] = cls
+
+
+def available() -> dict[str, type]:
+    """Every registered method, name -> class."""
+    _load_all()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get(name: str) -> type:
+    methods = available()
+    if name not in methods:
+        raise KeyError(name)
+    return methods[name]

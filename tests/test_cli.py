@@ -1,0 +1,214 @@
+"""`accbench run` / `accbench list` through click's CliRunner: results, resume, bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from accbench import methods
+from accbench.cli import main
+from accbench.methods.ar import ARDecoder
+from accbench.results import ResultsDir, row_key
+
+
+def _prompts_file(tmp_path: Path, n: int = 4) -> Path:
+    p = tmp_path / "prompts.jsonl"
+    lines = [json.dumps({"prompt": f"Question {i}: what is {i} plus {i}?"}) for i in range(n)]
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def _run(args, **kw):
+    return CliRunner().invoke(main, args, catch_exceptions=False, **kw)
+
+
+def _base_args(tmp_path, out, n=4):
+    return ["run", "--model", "tiny-random-llama", "--suite", "prompts", "--data", str(_prompts_file(tmp_path, n)),
+            "--max-new-tokens", "12", "--out", str(out)]
+
+
+def test_run_writes_results(tmp_path):
+    out = tmp_path / "run"
+    res = _run(_base_args(tmp_path, out) + ["--methods", "ar"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["status"] == "complete"
+    assert cfg["environment"]["packages"]["torch"]
+    rows = ResultsDir(out).load_rows()
+    assert len(rows) == 4
+    for r in rows:
+        assert r["n_new"] == len(r["new_token_ids"]) <= 12
+        assert r["ttft_s"] <= r["total_s"]
+        assert r["tau"] == 1.0 and r["forward_passes"] == r["n_new"]
+    summary = (out / "summary.csv").read_text()
+    assert "tokens_per_s" in summary and "tiny-random-llama" in summary
+    assert "prompts" in res.output  # the table title
+
+
+class _Boom(Exception):
+    pass
+
+
+def test_resume_after_crash_has_no_duplicates_and_no_losses(tmp_path, monkeypatch):
+    """A crash mid-run keeps every finished row; rerunning completes the rest exactly once."""
+    out = tmp_path / "run"
+    args = _base_args(tmp_path, out, n=5) + ["--methods", "ar", "--warmup", "0"]
+    calls = {"n": 0}
+    real = ARDecoder.generate
+
+    def crashing(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise _Boom()
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(ARDecoder, "generate", crashing)
+    with pytest.raises(_Boom):
+        _run(args)
+    partial = ResultsDir(out).load_rows()
+    assert len(partial) == 3
+    assert json.loads((out / "config.json").read_text())["status"] == "running"
+    # a torn half-written line, as a kill during write() would leave
+    with open(out / "samples.jsonl", "ab") as f:
+        f.write(b'{"model": "tiny-random-llama", "trunc')
+    monkeypatch.setattr(ARDecoder, "generate", real)
+    res = _run(args)
+    assert res.exit_code == 0, res.output
+    rows = ResultsDir(out).load_rows()
+    keys = [row_key(r) for r in rows]
+    assert len(rows) == 5 and len(set(keys)) == 5
+    assert [r["sample_id"] for r in rows[:3]] == [r["sample_id"] for r in partial]
+    assert json.loads((out / "config.json").read_text())["status"] == "complete"
+    # and a third run has nothing to do
+    res = _run(args)
+    assert res.exit_code == 0
+    assert len(ResultsDir(out).load_rows()) == 5
+
+
+def test_changed_settings_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "run"
+    assert _run(_base_args(tmp_path, out, n=2) + ["--methods", "ar"]).exit_code == 0
+    args = ["run", "--model", "tiny-random-llama", "--suite", "prompts", "--data", str(tmp_path / "prompts.jsonl"),
+            "--max-new-tokens", "8", "--out", str(out), "--methods", "ar"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2
+    assert "max_new_tokens" in res.output and "--overwrite" in res.output
+    res = CliRunner().invoke(main, args + ["--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert all(r["n_new"] <= 8 for r in ResultsDir(out).load_rows())
+
+
+def _assert_clean_error(res, *needles):
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    assert res.output.startswith("Error:") or "Error:" in res.output.splitlines()[-1]
+    for n in needles:
+        assert n in res.output, (n, res.output)
+
+
+@pytest.mark.parametrize("extra,needles", [
+    (["--methods", "nosuch"], ["unknown method", "ar"]),
+    (["--suite", "nosuite"], ["unknown suite", "mbpp"]),
+    (["--model", "no-such-model"], ["no-such-model", "smollm2-135m"]),
+    (["--limit", "0"], ["--limit"]),
+    (["--limit", "-3"], ["--limit"]),
+])
+def test_bad_input_is_one_clear_line(tmp_path, extra, needles):
+    args = ["run", "--model", "tiny-random-llama", "--suite", "mbpp", "--out", str(tmp_path / "r")] + extra
+    res = CliRunner().invoke(main, args)
+    _assert_clean_error(res, *needles)
+    assert not (tmp_path / "r" / "summary.csv").exists()
+
+
+def test_unwritable_out(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = CliRunner().invoke(main, _base_args(tmp_path, blocker / "sub"))
+    _assert_clean_error(res, "cannot write results")
+
+
+def test_malformed_data_file_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"prompt": \n')
+    res = CliRunner().invoke(main, ["run", "--model", "tiny-random-llama", "--suite", "prompts", "--data", str(bad),
+                                    "--out", str(tmp_path / "r")])
+    _assert_clean_error(res, "bad.jsonl", "2")
+
+
+def test_missing_model_package_says_install_command(tmp_path, monkeypatch):
+    from accbench import models
+
+    spec = models.ModelSpec(name="fake-gguf", source="gguf-package", description="test",
+                            package="accbench-no-such-package", install="pip install accbench-no-such-package",
+                            gguf_file="x.gguf")
+    monkeypatch.setitem(models.MODELS, "fake-gguf", spec)
+    args = _base_args(tmp_path, tmp_path / "r")
+    args[args.index("tiny-random-llama")] = "fake-gguf"
+    res = CliRunner().invoke(main, args)
+    _assert_clean_error(res, "pip install accbench-no-such-package")
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["status"] != "complete"
+
+
+def test_list_shows_methods_models_suites():
+    res = _run(["list"])
+    assert res.exit_code == 0
+    for name in ("ar", "smollm2-135m", "gemma3-270m", "tiny-random-llama", "mbpp", "cnndm", "prompts"):
+        assert name in res.output
+
+
+def test_third_party_method_via_entry_point(monkeypatch):
+    class EP:
+        name = "ext-ar"
+
+        def load(self):
+            class ExtAR(ARDecoder):
+                name = "ext-ar"
+            return ExtAR
+
+    methods.available()  # built-ins imported and registered
+    monkeypatch.setattr(methods, "_loaded", False)
+    monkeypatch.setattr(methods, "_REGISTRY", dict(methods._REGISTRY))
+    monkeypatch.setattr(methods, "entry_points", lambda group: [EP()] if group == "accbench.methods" else [])
+    avail = methods.available()
+    assert "ext-ar" in avail and "ar" in avail
+
+
+@pytest.mark.slow
+def test_end_to_end_smollm2(tmp_path):
+    out = tmp_path / "e2e"
+    res = _run(["run", "--methods", "ar", "--model", "smollm2-135m", "--suite", "mbpp,cnndm", "--limit", "2",
+                "--max-new-tokens", "32", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = ResultsDir(out).load_rows()
+    assert len(rows) == 4
+    assert {r["suite"] for r in rows} == {"mbpp", "cnndm"}
+    for r in rows:
+        assert r["n_new"] > 0 and r["tokens_per_s"] > 0
+        assert r["quality"], r
+    assert "pass@1" in res.output and "rougeL" in res.output
+
+
+def test_fit_to_length_cuts_middle_and_packs_in_front():
+    from accbench.runner import fit_to_length
+
+    ids = [1] + list(range(100, 120))  # BOS + 20 tokens
+    cut = fit_to_length(ids, 10, [7, 8, 9], bos_id=1)
+    assert cut == ids[:5] + ids[-5:]
+    packed = fit_to_length(ids, 30, [7, 8, 9], bos_id=1)
+    assert len(packed) == 30 and packed[0] == 1 and packed[-20:] == ids[1:]
+    assert set(packed[1:10]) <= {7, 8, 9}
+
+
+def test_prompt_lengths_are_a_sweep_axis(tmp_path):
+    out = tmp_path / "run"
+    res = _run(_base_args(tmp_path, out, n=2) + ["--methods", "ar,pld", "--prompt-lengths", "16,64"])
+    assert res.exit_code == 0, res.output
+    rows = ResultsDir(out).load_rows()
+    assert len(rows) == 2 * 2 * 2
+    assert sorted({r["prompt_length"] for r in rows}) == [16, 64]
+    assert all(r["prompt_tokens"] == r["prompt_length"] for r in rows)
+    assert all(r["exact_match_ar"] for r in rows if r["method"] == "pld")
+    summary = (out / "summary.csv").read_text()
+    assert "prompt_length" in summary
+    assert "prompt 64 tokens" in res.output
