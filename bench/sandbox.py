@@ -902,7 +902,7 @@ def _make_preexec(limits: SandboxLimits, uid: int | None, work: str, plan, repor
             if libc is not None:
                 libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
                 libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)  # after setuid, which clears it
-        except BaseException as e:  # noqa: BLE001 - report, then let subprocess raise
+        except BaseException as e:  # report, then let subprocess raise
             try:
                 os.write(report_fd, f"sandbox setup failed: {e!r}".encode("utf-8", "replace"))
             except OSError:

@@ -80,6 +80,14 @@ def summarize(rows: list[dict[str, Any]], baseline: str = "ar") -> pd.DataFrame:
                 metrics[m].append(float(v))
         for m, vs in metrics.items():
             line[f"q_{m}"] = float(np.mean(vs))
+        # token-pruning methods (lazyllm): mean fraction of prompt token-layers computed, revivals
+        fracs = [r["extra"]["computed_frac"] for r in rs if "computed_frac" in (r.get("extra") or {})]
+        if fracs:
+            line["computed_frac"] = float(np.mean(fracs))
+            line["revivals"] = float(np.mean([(r.get("extra") or {}).get("revivals", 0) for r in rs]))
+            per_layer = [r["extra"]["computed_per_layer"] for r in rs if "computed_per_layer" in (r.get("extra") or {})]
+            if per_layer and len({len(p) for p in per_layer}) == 1:
+                line["computed_per_layer"] = ";".join(f"{v:.3f}" for v in np.mean(per_layer, axis=0))
         matches = [r["exact_match_ar"] for r in rs if r.get("exact_match_ar") is not None]
         line["exact_match_ar"] = (sum(matches) / len(matches)) if matches else float("nan")
         out.append(line)

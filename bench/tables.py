@@ -32,7 +32,13 @@ def summary_tables(frame: pd.DataFrame) -> list[Table]:
         if plen is not None and not (isinstance(plen, float) and math.isnan(plen)):
             title += f" · prompt {int(plen)} tokens"
         t = Table(title=title, title_justify="left")
-        for col in ("method", "n", "tok/s", "speedup vs AR [95% CI]", "TTFT s", "TPOT ms", "tau"):
+        # prompt-length sweeps and token-pruning methods are about TTFT: show its speedup too
+        pruning = "computed_frac" in grp.columns and grp["computed_frac"].notna().any()
+        show_ttft_sp = pruning or (plen is not None and not (isinstance(plen, float) and math.isnan(plen)))
+        cols = ["method", "n", "tok/s", "speedup vs AR [95% CI]", "TTFT s"]
+        cols += ["TTFT speedup [95% CI]"] if show_ttft_sp else []
+        cols += ["TPOT ms", "tau"] + (["computed", "revivals"] if pruning else [])
+        for col in cols:
             t.add_column(col, justify="left" if col == "method" else "right")
         qs = [c for c in qcols if grp[c].notna().any()]
         for c in qs:
@@ -42,9 +48,13 @@ def summary_tables(frame: pd.DataFrame) -> list[Table]:
             cells = [
                 str(r["method"]), str(int(r["n"])), _f(r["tokens_per_s"], "{:.1f}"),
                 _interval(r["speedup"], r["speedup_lo"], r["speedup_hi"]),
-                _f(r["ttft_s"], "{:.3f}"), _f(r["tpot_s"] * 1000 if r["tpot_s"] == r["tpot_s"] else None, "{:.1f}"),
-                _f(r["tau"]),
+                _f(r["ttft_s"], "{:.3f}"),
             ]
+            if show_ttft_sp:
+                cells.append(_interval(r["ttft_speedup"], r["ttft_speedup_lo"], r["ttft_speedup_hi"]))
+            cells += [_f(r["tpot_s"] * 1000 if r["tpot_s"] == r["tpot_s"] else None, "{:.1f}"), _f(r["tau"])]
+            if pruning:
+                cells += [_f(r.get("computed_frac"), "{:.0%}"), _f(r.get("revivals"), "{:.1f}")]
             for c in qs:
                 d = r.get(f"d_{c[2:]}")
                 delta = f" ({d:+.2f})" if r["method"] != "ar" and d is not None and d == d else ""

@@ -18,7 +18,7 @@ from .base import (  # noqa: F401  (re-exported: the protocol is the public API)
 
 _REGISTRY: dict[str, type] = {}
 # Built-in modules, imported lazily so `accbench list` stays fast.
-_BUILTIN_MODULES = ["ar", "pld"]
+_BUILTIN_MODULES = ["ar", "pld", "mtp", "lazyllm", "medusa", "lookahead"]
 _loaded = False
 
 

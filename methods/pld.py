@@ -56,10 +56,12 @@ class PromptLookupDecoder(DecoderBase):
         device = self.device
         causal = torch.ones(k_max + 1, k_max + 1, dtype=torch.bool, device=device).tril_()
         depths = torch.arange(k_max + 1, device=device)
+        step_pos = torch.arange(n_prompt + max_new_tokens, device=device)  # cache positions
         index = NgramIndex(int(self.opts["min_ngram"]), int(self.opts["max_ngram"]))
         drafted = [0] * k_max
         accepted = [0] * k_max
         draft_s = 0.0
+        block_sum = 0
         cache = make_cache(model)
         clock = Clock(device)
 
@@ -76,20 +78,26 @@ class PromptLookupDecoder(DecoderBase):
             draft = index.draft(seq, min(k_max, max_new_tokens - len(tokens) - 1))
             draft_s += clock.elapsed() - t_draft
             k = len(draft)
+            block_sum += k + 1
             prefix = n_prompt + len(tokens) - 1  # cached positions: all but the last committed token
             block = torch.tensor([[tokens[-1]] + draft], device=device)
-            logits, _ = block_forward(model, cache, block, depths[: k + 1], causal[: k + 1, : k + 1])
+            if k:
+                logits, _ = block_forward(model, cache, block, depths[: k + 1], causal[: k + 1, : k + 1])
+            else:  # nothing to verify: a plain one-token step, as AR does it (no 4D mask)
+                logits = model(input_ids=block, past_key_values=cache, use_cache=True,
+                               cache_position=step_pos[prefix: prefix + 1]).logits[0]
             forwards += 1
             pred = sample_from_logits(logits, sampling, gen).tolist()
             a = 0
             while a < k and draft[a] == pred[a]:
                 a += 1
-            for pos in range(k):
-                drafted[pos] += 1
-                accepted[pos] += pos < a
             crop_cache(cache, prefix + 1 + a)
             n_c, hit = commit(tokens, draft[:a] + [pred[a]], stopper, max_new_tokens)
             steps.append(n_c)
+            a = min(a, n_c)  # drafts cut by a stop or the budget are not counted as accepted
+            for pos in range(k):
+                drafted[pos] += 1
+                accepted[pos] += pos < a
             seq.extend(tokens[len(tokens) - n_c:])
         total = clock.elapsed()
         last = max((i + 1 for i, d in enumerate(drafted) if d), default=0)
@@ -97,5 +105,6 @@ class PromptLookupDecoder(DecoderBase):
             tokens=tokens, ttft_s=ttft, total_s=total, forward_passes=forwards, tokens_per_step=steps,
             drafted=drafted[:last], accepted=accepted[:last], lossless=self.is_lossless,
             finish_reason=hit[1] if hit else "length",
-            extra={"draft_s": draft_s, "verify_s": total - ttft - draft_s},
+            extra={"draft_s": draft_s, "verify_s": total - ttft - draft_s,
+                   "mean_block": block_sum / max(1, forwards - 1)},
         )

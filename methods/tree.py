@@ -103,10 +103,14 @@ def logits_from_hidden(model, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def block_forward(model, cache, tokens: torch.Tensor, depths: Sequence[int] | torch.Tensor, visible: torch.Tensor,
-                  *, want_hidden: bool = False):
+                  *, want_hidden: bool = False, logits_rows: torch.Tensor | None = None):
     """Run ``tokens`` ([1, n]) after the cached prefix with the given visibility; their KV
     entries are appended to ``cache``. Returns ``(logits [n, V], hidden [n, H] or None)``;
-    the hidden states are the backbone's final (normed) states, for heads that read them."""
+    the hidden states are the backbone's final (normed) states, for heads that read them.
+
+    ``logits_rows`` (a 1D index tensor) computes logits only for those block rows (returned
+    in that order, ``[len(logits_rows), V]``): the LM head over a large vocabulary costs as
+    much as the backbone for small models, and methods such as Lookahead need few rows."""
     device = tokens.device
     prefix = cache.get_seq_length()
     n = tokens.shape[1]
@@ -118,9 +122,11 @@ def block_forward(model, cache, tokens: torch.Tensor, depths: Sequence[int] | to
         out = model.model(input_ids=tokens, attention_mask=mask, position_ids=positions[None],
                           cache_position=cache_position, past_key_values=cache, use_cache=True)
         hidden = out.last_hidden_state[0]
-        return logits_from_hidden(model, hidden), hidden
+        rows = hidden if logits_rows is None else hidden[logits_rows]
+        return logits_from_hidden(model, rows), hidden
     out = model(input_ids=tokens, attention_mask=mask, position_ids=positions[None],
-                cache_position=cache_position, past_key_values=cache, use_cache=True)
+                cache_position=cache_position, past_key_values=cache, use_cache=True,
+                logits_to_keep=0 if logits_rows is None else logits_rows)
     return out.logits[0], None
 
 

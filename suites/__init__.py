@@ -21,7 +21,7 @@ from .base import Sample, Suite  # noqa: F401  (re-exported: the suite protocol 
 _REGISTRY: dict[str, type] = {}
 _BROKEN: dict[str, str] = {}  # entry points that failed to load: name -> reason
 # Built-in modules, imported lazily so `accbench list` stays fast.
-_BUILTIN_MODULES = ["mbpp", "summarization", "prompts"]
+_BUILTIN_MODULES = ["mbpp", "summarization", "prompts", "longbench"]
 _loaded = False
 
 

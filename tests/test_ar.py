@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from accbench import suites as suite_registry
 from accbench.methods import SamplingConfig, StopChecker, get
 from accbench.runner import encode_prompt

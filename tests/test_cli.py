@@ -4,12 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
 from accbench import methods
 from accbench.cli import main
 from accbench.methods.ar import ARDecoder
 from accbench.results import ResultsDir, row_key
+from click.testing import CliRunner
 
 
 def _prompts_file(tmp_path: Path, n: int = 4) -> Path:

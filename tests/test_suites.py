@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from accbench import suites
 from accbench.errors import AccbenchError
 from accbench.suites import data as sdata

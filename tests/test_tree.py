@@ -5,8 +5,6 @@ import random
 
 import pytest
 import torch
-from transformers import DynamicCache
-
 from accbench.methods import StopChecker, get
 from accbench.methods.tree import (
     accept_greedy,
@@ -17,6 +15,7 @@ from accbench.methods.tree import (
     tree_depths,
     tree_visibility,
 )
+from transformers import DynamicCache
 
 PARENTS = [-1, 0, 0, 1, 1, 2, 3, 3, 6]  # a small tree with branching at several depths
 

@@ -14,14 +14,13 @@ import time
 
 import click
 import torch
-from rich.console import Console
-from rich.table import Table
-
 from accbench import suites as suite_registry
 from accbench.methods import StopChecker, get
 from accbench.models import load_model
 from accbench.runner import encode_prompt
 from accbench.stats import bootstrap_median, first_divergence
+from rich.console import Console
+from rich.table import Table
 
 
 def _timed_generate(model, ids: torch.Tensor, budget: int, eos: list[int], stopper: StopChecker):

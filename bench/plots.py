@@ -1,0 +1,416 @@
+"""Report figures (matplotlib, Agg): every one computed from the rows of samples.jsonl and
+captioned with model, device, dtype, suite, sample count and date.
+
+Each ``plot_*`` function writes one PNG and returns its path, or returns None when the runs
+hold nothing to draw (e.g. no speculative method: no acceptance curve).
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402,F401
+import numpy as np  # noqa: E402
+
+from .runsets import (  # noqa: E402
+    BASELINE,
+    RunSet,
+    caption,
+    finite,
+    primary_quality,
+    quality_scale,
+)
+
+DPI = 110
+_COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+def _method_order(methods) -> list[str]:
+    ms = sorted(set(methods))
+    return ([BASELINE] if BASELINE in ms else []) + [m for m in ms if m != BASELINE]
+
+
+def _colors(keys) -> dict[str, str]:
+    return {k: _COLORS[i % len(_COLORS)] for i, k in enumerate(keys)}
+
+
+def _finish(fig, path: Path, title: str, rows: list[dict[str, Any]], note: str | None = None) -> Path:
+    fig.suptitle(title, fontsize=12, fontweight="bold", x=0.01, y=0.985, ha="left")
+    foot = "\n".join(textwrap.wrap(caption(rows), 150))
+    if note:
+        foot += "\n" + note
+    fig.text(0.01, 0.005, foot, fontsize=7.5, color="#444444", ha="left", va="bottom")
+    n_lines = foot.count("\n") + 1
+    fig.tight_layout(rect=(0, 0.03 + 0.022 * n_lines, 1, 0.96))
+    fig.savefig(path, dpi=DPI, metadata={"Title": title, "Description": foot, "Software": "accbench"})
+    plt.close(fig)
+    return path
+
+
+def _panels(n: int, width: float = 5.2, height: float = 3.8, max_cols: int = 3):
+    cols = min(n, max_cols)
+    nrows = math.ceil(n / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(max(width * cols, 7.5), height * nrows + 0.7), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _short(s: str, n: int = 34) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def plot_speedup(rs: RunSet, out: Path) -> Path | None:
+    """Median per-prompt speedup vs AR with its 95% bootstrap interval, per method and suite,
+    one panel per model x device."""
+    f = rs.frame
+    f = f[f["method"] != BASELINE]
+    if f.empty or not f["speedup"].notna().any():
+        return None
+    panels = list(dict.fromkeys(zip(f["model"], f["device"])))
+    methods = _method_order(f["method"])
+    colors = _colors(methods)
+    fig, axes = _panels(len(panels))
+    for ax, (model, device) in zip(axes, panels):
+        sub = f[(f["model"] == model) & (f["device"] == device)]
+        suites = list(dict.fromkeys(sub["suite"]))
+        width = 0.8 / max(len(methods), 1)
+        for j, m in enumerate(methods):
+            xs, ys, lo, hi = [], [], [], []
+            for i, s in enumerate(suites):
+                line = sub[(sub["suite"] == s) & (sub["method"] == m)]
+                if line.empty or not finite(line["speedup"].iloc[0]):
+                    continue
+                v = float(line["speedup"].iloc[0])
+                xs.append(i - 0.4 + width * (j + 0.5))
+                ys.append(v)
+                lo.append(v - float(line["speedup_lo"].iloc[0]))
+                hi.append(float(line["speedup_hi"].iloc[0]) - v)
+            if not xs:
+                continue
+            ax.bar(xs, ys, width * 0.92, color=colors[m], label=m, yerr=[lo, hi], capsize=4,
+                   error_kw={"elinewidth": 1.2, "ecolor": "#222222"})
+            for x, y, h in zip(xs, ys, hi):
+                ax.text(x, y + h + 0.02, f"{y:.2f}×", ha="center", va="bottom", fontsize=8)
+        ax.axhline(1.0, color="#555555", ls="--", lw=1, label="AR = 1")
+        ns = {s: int(sub[sub["suite"] == s]["n"].max()) for s in suites}
+        ax.set_xticks(range(len(suites)), [f"{s}\n(n={ns[s]})" for s in suites])
+        ax.set_ylabel("speedup vs AR (×, median, 95% CI)")
+        dtype = ", ".join(sorted({str(d) for d in sub["dtype"]}))
+        ax.set_title(f"{model} · {_short(device)} · {dtype}", fontsize=9.5)
+        top = max(1.2, float(np.nanmax(sub["speedup_hi"].astype(float))) * 1.18)
+        ax.set_ylim(0, top)
+        ax.legend(fontsize=8, loc="upper left")
+        ax.grid(axis="y", alpha=0.3)
+    return _finish(fig, out / "speedup.png", "Speedup over autoregressive decoding", rs.rows,
+                   "bars: median over prompts of AR time / method time (same run, paired by prompt); "
+                   "whiskers: 95% percentile bootstrap interval")
+
+
+def plot_speed_quality(rs: RunSet, out: Path) -> Path | None:
+    """Speedup (x) against the quality change vs AR (y, percentage points), one point per
+    method x suite: the trade-off at a glance."""
+    f = rs.frame
+    if f.empty:
+        return None
+    panels = list(dict.fromkeys(zip(f["model"], f["device"])))
+    points = []
+    for (model, device) in panels:
+        for suite in dict.fromkeys(f[(f["model"] == model) & (f["device"] == device)]["suite"]):
+            srows = rs.select(model=model, device=device, suite=suite)
+            metric = primary_quality(srows)
+            if metric is None:
+                continue
+            col = f"d_{metric}"
+            for _, line in f[(f["model"] == model) & (f["device"] == device) & (f["suite"] == suite)].iterrows():
+                if line["method"] == BASELINE or col not in f.columns or not finite(line[col]):
+                    continue
+                if not finite(line["speedup"]):
+                    continue
+                points.append((model, device, suite, line["method"], metric, float(line["speedup"]),
+                               float(line["speedup_lo"]), float(line["speedup_hi"]),
+                               float(line[col]) * quality_scale(metric)))
+    if not points:
+        return None
+    methods = _method_order(p[3] for p in points)
+    suites = list(dict.fromkeys(p[2] for p in points))
+    colors = _colors(suites)
+    markers = {m: _MARKERS[i % len(_MARKERS)] for i, m in enumerate(methods)}
+    fig, axes = _panels(len(panels), width=5.6, height=4.2)
+    for ax, (model, device) in zip(axes, panels):
+        pts = [p for p in points if p[0] == model and p[1] == device]
+        ax.axvline(1.0, color="#888888", lw=0.8, ls="--")
+        ax.axhline(0.0, color="#888888", lw=0.8, ls="--")
+        ax.plot([1.0], [0.0], marker="*", ms=13, color="#333333", ls="none", label="AR (reference)")
+        for (_, _, suite, method, metric, x, lo, hi, y) in pts:
+            ax.errorbar([x], [y], xerr=[[x - lo], [hi - x]], fmt=markers[method], ms=8, color=colors[suite],
+                        capsize=3, elinewidth=1)
+            ax.annotate(f"{method} · {suite} ({metric})", (x, y), textcoords="offset points", xytext=(6, 6),
+                        fontsize=7.5)
+        xs = [p[5] for p in pts] + [p[7] for p in pts] + [1.0]
+        ys = [p[8] for p in pts] + [0.0]
+        xpad = max(0.15, (max(xs) - min(xs)) * 0.25)
+        ypad = max(2.0, (max(ys) - min(ys)) * 0.3)
+        ax.set_xlim(min(min(xs), min(p[6] for p in pts)) - xpad, max(xs) + xpad)
+        ax.set_ylim(min(ys) - ypad, max(ys) + ypad)
+        ax.set_xlabel("speedup vs AR (×, median, 95% CI)")
+        ax.set_ylabel("quality change vs AR (percentage points)")
+        dtype = ", ".join(sorted({str(r.get("dtype")) for r in rs.select(model=model, device=device)}))
+        ax.set_title(f"{model} · {_short(device)} · {dtype}", fontsize=9.5)
+        ax.grid(alpha=0.3)
+        # legend: colour = suite, marker = method
+        handles = [plt.Line2D([], [], color=colors[s], marker="o", ls="none", label=f"suite: {s}") for s in suites]
+        handles += [plt.Line2D([], [], color="#555555", marker=markers[m], ls="none", label=f"method: {m}")
+                    for m in methods]
+        handles.append(plt.Line2D([], [], color="#333333", marker="*", ms=10, ls="none", label="AR"))
+        ax.legend(handles=handles, fontsize=7.5, loc="best")
+        ax.text(0.99, 0.01, "right = faster · up = better quality", transform=ax.transAxes, ha="right",
+                va="bottom", fontsize=7.5, color="#555555")
+    return _finish(fig, out / "speed_quality.png", "Speed vs quality (each method x suite against AR)", rs.rows,
+                   "quality: pass@1 for MBPP, ROUGE-L for summarization, as the mean change over the same prompts "
+                   "(percentage points)")
+
+
+def plot_ttft(rs: RunSet, out: Path) -> Path | None:
+    """Time to first token against prompt length (log x), per method."""
+    rows = [r for r in rs.rows if finite(r.get("ttft_s")) and r.get("prompt_tokens")]
+    if not rows:
+        return None
+    panels = list(dict.fromkeys((r["model"], r["device"]) for r in rows))
+    methods = _method_order(r["method"] for r in rows)
+    colors = _colors(methods)
+    suites = list(dict.fromkeys(r["suite"] for r in rows))
+    markers = {s: _MARKERS[i % len(_MARKERS)] for i, s in enumerate(suites)}
+    fig, axes = _panels(len(panels))
+    for ax, (model, device) in zip(axes, panels):
+        sub = [r for r in rows if r["model"] == model and r["device"] == device]
+        secs = float(np.median([r["ttft_s"] for r in sub])) > 2.0
+        unit, mult = ("s", 1.0) if secs else ("ms", 1000.0)
+        for m in methods:
+            pts = sorted((r["prompt_tokens"], r["ttft_s"] * mult, r["suite"]) for r in sub if r["method"] == m)
+            for s in suites:
+                sp = [p for p in pts if p[2] == s]
+                if sp:
+                    ax.scatter([p[0] for p in sp], [p[1] for p in sp], color=colors[m], marker=markers[s], s=36,
+                               alpha=0.85, edgecolor="white", linewidths=0.5)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        lens = [r["prompt_tokens"] for r in sub]
+        few = max(lens) / max(min(lens), 1) < 20  # less than ~a decade: label every minor tick
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+            lambda v, _, few=few: f"{v:g}" if few or str(int(v))[0] in "25" else ""))
+        ax.tick_params(axis="x", which="minor", labelsize=7.5)
+        ax.set_xlabel("prompt length (tokens, log scale)")
+        ax.set_ylabel(f"TTFT ({unit})")
+        dtype = ", ".join(sorted({str(r.get("dtype")) for r in sub}))
+        ax.set_title(f"{model} · {_short(device)} · {dtype}", fontsize=9.5)
+        ax.grid(alpha=0.3, which="both")
+        ax.set_ylim(bottom=0)
+        handles = [plt.Line2D([], [], color=colors[m], marker="o", ls="none", label=f"method: {m}")
+                   for m in methods]
+        handles += [plt.Line2D([], [], color="#555555", marker=markers[s], ls="none", label=f"suite: {s}")
+                    for s in suites]
+        ax.legend(handles=handles, fontsize=7.5, loc="upper left")
+    return _finish(fig, out / "ttft.png", "Time to first token vs prompt length", rows,
+                   "one point per prompt and method (prefill + first token; tokenization excluded)")
+
+
+def plot_tau(rs: RunSet, out: Path) -> Path | None:
+    """Distribution of tokens committed per decode step (tau), per method, one series per suite."""
+    rows = [r for r in rs.rows if r["method"] != BASELINE and len(r.get("tokens_per_step") or []) > 1]
+    if not rows:
+        return None
+    panels = list(dict.fromkeys((r["model"], r["method"]) for r in rows))
+    suites = list(dict.fromkeys(r["suite"] for r in rows))
+    colors = _colors(suites)
+    fig, axes = _panels(len(panels))
+    for ax, (model, method) in zip(axes, panels):
+        sub = [r for r in rows if r["model"] == model and r["method"] == method]
+        kmax = max(max(r["tokens_per_step"][1:]) for r in sub)
+        bins = np.arange(1, kmax + 1)
+        width = 0.8 / len(suites)
+        for j, s in enumerate(suites):
+            steps = [t for r in sub if r["suite"] == s for t in r["tokens_per_step"][1:]]
+            if not steps:
+                continue
+            counts = np.array([steps.count(int(b)) for b in bins], dtype=float) / len(steps)
+            tau = float(np.mean(steps))
+            ax.bar(bins - 0.4 + width * (j + 0.5), counts, width * 0.92, color=colors[s],
+                   label=f"{s}: tau={tau:.2f} ({len(steps)} steps)")
+        ax.set_xticks(bins)
+        ax.set_xlabel("tokens committed in one decode step")
+        ax.set_ylabel("fraction of steps")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{method} · {model}", fontsize=9.5)
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    return _finish(fig, out / "tau.png", "Tokens per step (tau) distribution", rows,
+                   "decode steps only (the prefill step is excluded); AR commits exactly 1 token per step")
+
+
+def plot_acceptance(rs: RunSet, out: Path) -> Path | None:
+    """Acceptance rate at each draft position (accepted_k / drafted_k), per method."""
+    rows = [r for r in rs.rows if r["method"] != BASELINE and any(r.get("drafted") or [])]
+    if not rows:
+        return None
+    panels = list(dict.fromkeys((r["model"], r["method"]) for r in rows))
+    suites = list(dict.fromkeys(r["suite"] for r in rows))
+    colors = _colors(suites)
+    fig, axes = _panels(len(panels))
+    for ax, (model, method) in zip(axes, panels):
+        kmax = 0
+        for s in suites:
+            sub = [r for r in rows if r["model"] == model and r["method"] == method and r["suite"] == s]
+            if not sub:
+                continue
+            k = max(len(r["drafted"]) for r in sub)
+            drafted = np.zeros(k)
+            accepted = np.zeros(k)
+            for r in sub:
+                drafted[: len(r["drafted"])] += r["drafted"]
+                accepted[: len(r.get("accepted") or [])] += r.get("accepted") or []
+            ok = drafted > 0
+            pos = np.arange(1, k + 1)
+            ax.plot(pos[ok], accepted[ok] / drafted[ok], marker="o", color=colors[s],
+                    label=f"{s} ({int(drafted[0])} drafts at position 1)")
+            kmax = max(kmax, k)
+        ax.set_xlabel("draft position k")
+        ax.set_ylabel("acceptance  accepted_k / drafted_k")
+        ax.set_ylim(0, 1.05)
+        if kmax:
+            ax.set_xticks(range(1, kmax + 1))
+        ax.set_title(f"{method} · {model}", fontsize=9.5)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return _finish(fig, out / "acceptance.png", "Acceptance per draft position", rows,
+                   "a draft token at position k is accepted when it and every earlier draft token match the target")
+
+
+def plot_throughput(rs: RunSet, out: Path) -> Path | None:
+    """Tokens/s per method across models and devices (x), one panel per suite."""
+    f = rs.frame
+    if f.empty:
+        return None
+    suites = list(dict.fromkeys(f["suite"]))
+    methods = _method_order(f["method"])
+    colors = _colors(methods)
+    fig, axes = _panels(len(suites), width=max(4.5, 1.6 * len(set(zip(f["model"], f["device"])))))
+    for ax, s in zip(axes, suites):
+        sub = f[f["suite"] == s]
+        cells = list(dict.fromkeys(zip(sub["model"], sub["device"])))
+        width = 0.8 / len(methods)
+        ymax = 0.0
+        for j, m in enumerate(methods):
+            xs, ys = [], []
+            for i, (model, device) in enumerate(cells):
+                line = sub[(sub["model"] == model) & (sub["device"] == device) & (sub["method"] == m)]
+                if line.empty:
+                    continue
+                xs.append(i - 0.4 + width * (j + 0.5))
+                ys.append(float(line["tokens_per_s"].iloc[0]))
+            if xs:
+                ax.bar(xs, ys, width * 0.92, color=colors[m], label=m)
+                for x, y in zip(xs, ys):
+                    ax.text(x, y, f"{y:.3g}", ha="center", va="bottom", fontsize=7.5)
+                ymax = max(ymax, max(ys))
+        labels = []
+        for model, device in cells:
+            n = int(sub[(sub["model"] == model) & (sub["device"] == device)]["n"].max())
+            labels.append("\n".join([model] + textwrap.wrap(device, 22) + [f"n={n}"]))
+        ax.set_xticks(range(len(cells)), labels, fontsize=7.5)
+        ax.set_ylabel("tokens/s (new tokens / E2E time)")
+        ax.set_ylim(0, ymax * 1.2 if ymax > 0 else 1)
+        ax.set_title(f"suite: {s}", fontsize=9.5)
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    return _finish(fig, out / "throughput.png", "Throughput across models and devices", rs.rows,
+                   "absolute tokens/s depends on the machine's load; compare methods within one bar group")
+
+
+def plot_cost_curves(curves: list[dict[str, Any]], out: Path) -> Path | None:
+    """Relative cost of a k-token verification forward, per device."""
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    kmax = 1
+    for i, c in enumerate(curves):
+        ks = sorted(int(k) for k in c["relative"])
+        ys = [c["relative"][str(k)] if str(k) in c["relative"] else c["relative"][k] for k in ks]
+        ax.plot(ks, ys, marker="o", ms=4, color=_COLORS[i % len(_COLORS)],
+                label=f"{c['model']} · {_short(c['device_label'], 40)} · {c['dtype']} ({c.get('date', '')[:10]})")
+        kmax = max(kmax, max(ks))
+    ax.plot([1, kmax], [1, kmax], color="#999999", ls=":", lw=1, label="cost ∝ k (no parallelism)")
+    ax.axhline(1.0, color="#555555", ls="--", lw=0.8)
+    ax.set_xlabel("tokens verified in one forward (k)")
+    ax.set_ylabel("cost(k) / cost(1)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.legend(fontsize=7.5)
+    ax.grid(alpha=0.3, which="both")
+    rows = [{"model": c["model"], "device": c["device_label"], "dtype": c["dtype"], "suite": "cost-curve",
+             "sample_id": str(k), "time": c.get("date", "")} for c in curves for k in c["relative"]]
+    return _finish(fig, out / "cost_curve.png", "Verification cost curves", rows,
+                   f"random-weight block forwards after a {curves[0].get('prefix_len', '?')}-token cached prefix; "
+                   "median of repeats (n = number of k values)")
+
+
+def plot_projection(pred: list[dict[str, Any]], out: Path) -> Path | None:
+    """Predicted against measured decode speedup, where both exist."""
+    pts = [p for p in pred if finite(p.get("measured"))]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(7.0, 5.0))
+    devices = list(dict.fromkeys(p["target_device"] for p in pts))
+    colors = _colors(devices)
+    lim_hi = max(max(p["predicted"] for p in pts), max(p["measured_hi"] for p in pts)) * 1.15
+    lim_lo = min(min(p["predicted"] for p in pts), min(p["measured_lo"] for p in pts), 1.0) * 0.85
+    ax.plot([lim_lo, lim_hi], [lim_lo, lim_hi], color="#888888", ls="--", lw=1, label="prediction = measurement")
+    for p in pts:
+        ax.errorbar([p["predicted"]], [p["measured"]],
+                    yerr=[[p["measured"] - p["measured_lo"]], [p["measured_hi"] - p["measured"]]],
+                    fmt="o", color=colors[p["target_device"]], capsize=3)
+        ax.annotate(f"{p['method']} · {p['suite']} ({p['error_pct']:+.0f}%)", (p["predicted"], p["measured"]),
+                    textcoords="offset points", xytext=(6, 4), fontsize=7.5)
+    for d in devices:
+        ax.plot([], [], "o", color=colors[d], label=_short(d, 50))
+    ax.set_xlim(lim_lo, lim_hi)
+    ax.set_ylim(lim_lo, lim_hi)
+    ax.set_xlabel("predicted decode speedup (tau + cost curve)")
+    ax.set_ylabel("measured decode speedup (AR TPOT / method TPOT)")
+    ax.legend(fontsize=7.5, loc="upper left")
+    ax.grid(alpha=0.3)
+    rows = [{"model": p["model"], "device": p["target_device"], "dtype": p.get("dtype"), "suite": p["suite"],
+             "sample_id": str(i), "time": p.get("date", "")} for p in pts for i in range(int(p["n"]))]
+    return _finish(fig, out / "projection.png", "Predicted vs measured speedup", rows,
+                   "error = predicted / measured - 1; whiskers: 95% bootstrap interval of the measurement")
+
+
+PLOTS = [
+    ("speedup", plot_speedup),
+    ("speed_quality", plot_speed_quality),
+    ("ttft", plot_ttft),
+    ("tau", plot_tau),
+    ("acceptance", plot_acceptance),
+    ("throughput", plot_throughput),
+]
+
+
+def all_plots(rs: RunSet, out: Path) -> dict[str, Path]:
+    paths = {}
+    for name, fn in PLOTS:
+        p = fn(rs, out)
+        if p is not None:
+            paths[name] = p
+    return paths

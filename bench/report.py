@@ -1,0 +1,407 @@
+"""``accbench report``, ``compare``, ``check``, ``project`` and ``cost-curve``.
+
+Loaded by :mod:`accbench.cli` through ``COMMAND_MODULES`` (the ``commands`` list below).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .errors import AccbenchError
+from .runsets import BASELINE, RunSet, finite, load_runs
+
+
+def _console() -> Console:
+    c = Console()
+    if not c.is_terminal:  # CI logs: wide enough that tables do not wrap
+        c = Console(width=170)
+    return c
+
+
+def _fraction(value: str, flag: str) -> float:
+    v = str(value).strip()
+    try:
+        if v.endswith("%"):
+            return float(v[:-1]) / 100.0
+        x = float(v)
+    except ValueError:
+        raise AccbenchError(f"{flag} takes a percentage such as 5% (or a fraction such as 0.05), got {value!r}") from None
+    if not 0 <= x < 1:
+        raise AccbenchError(f"{flag} takes a percentage such as 5% (or a fraction such as 0.05), got {value!r}")
+    return x
+
+
+def _f(x: Any, fmt: str = "{:.2f}") -> str:
+    return fmt.format(x) if finite(x) else "-"
+
+
+# ---------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------
+
+
+def _summary_sections(rs: RunSet):
+    from .html import Cell, TableSpec, cell
+
+    f = rs.frame
+    tables = []
+    qcols = [c for c in f.columns if c.startswith("q_")]
+    for key, grp in f.groupby(["model", "device", "dtype", "suite", "prompt_length"], dropna=False, sort=False):
+        model, device, dtype, suite, plen = key
+        title = f"{suite} · {model} · {device} · {dtype}"
+        if finite(plen):
+            title += f" · prompt {int(plen)} tokens"
+        qs = [c for c in qcols if grp[c].notna().any()]
+        kmax = max((len(str(a).split(";")) for a in grp["acceptance"] if a), default=0)
+        kshow = min(kmax, 3)
+        cols = ["method", "n", "tok/s", "speedup vs AR [95% CI]", "TTFT ms", "TPOT ms", "tau", "tokens/forward"]
+        cols += [f"accept@{k + 1}" for k in range(kshow)]
+        cols += [f"{c[2:]} (Δ vs AR)" for c in qs] + ["match AR"]
+        rows = []
+        for _, r in grp.iterrows():
+            sp = (Cell(f"{r['speedup']:.2f}x [{r['speedup_lo']:.2f}, {r['speedup_hi']:.2f}]", float(r["speedup"]))
+                  if finite(r["speedup"]) and r["method"] != BASELINE else Cell("1 (baseline)" if r["method"] == BASELINE
+                                                                                 else "-", 1.0))
+            line = [cell(str(r["method"])), cell(int(r["n"]), "{}"), cell(r["tokens_per_s"], "{:.3g}"), sp,
+                    cell(r["ttft_s"] * 1000 if finite(r["ttft_s"]) else None, "{:.0f}"),
+                    cell(r["tpot_s"] * 1000 if finite(r["tpot_s"]) else None, "{:.1f}"),
+                    cell(r["tau"], "{:.3f}"), cell(r["tokens_per_forward"], "{:.3f}")]
+            acc = [a for a in str(r["acceptance"]).split(";")] if r["acceptance"] else []
+            for k in range(kshow):
+                v = float(acc[k]) if k < len(acc) and acc[k] not in ("", "nan") else float("nan")
+                line.append(cell(v, "{:.2f}"))
+            for c in qs:
+                v = r[c]
+                d = r.get(f"d_{c[2:]}")
+                text = _f(v, "{:.3f}" if c.startswith("q_pass") else "{:.2f}")
+                if r["method"] != BASELINE and finite(d):
+                    text += f" ({d:+.3f})" if c.startswith("q_pass") else f" ({d:+.2f})"
+                line.append(Cell(text, float(v) if finite(v) else None))
+            em = r["exact_match_ar"]
+            line.append(cell(em * 100 if finite(em) else None, "{:.0f}%"))
+            rows.append(line)
+        tables.append(TableSpec(title, cols, rows))
+    return tables
+
+
+def _runs_table(rs: RunSet):
+    from .html import TableSpec, cell
+
+    rows = []
+    for run in rs.runs:
+        env = run.config.get("environment") or {}
+        settings = run.config.get("settings") or {}
+        rows.append([cell(str(run.path)), cell(str(run.config.get("device", "?"))), cell(run.hardware),
+                     cell(str(run.config.get("dtype", "?"))), cell(str(settings.get("max_new_tokens") or "suite's")),
+                     cell(str(env.get("git_sha") or "?")[:10]), cell(str(run.config.get("started", "?"))),
+                     cell(str(run.config.get("status", "?"))), cell(run.n_rows, "{}")])
+    return TableSpec("Runs", ["results folder", "device", "hardware", "dtype", "max new tokens", "git sha", "started",
+                              "status", "rows"], rows)
+
+
+def _projection_table(pred: list[dict[str, Any]]):
+    from .html import TableSpec, cell
+
+    rows = []
+    for p in pred:
+        meas = (f"{p['measured']:.2f}x [{p['measured_lo']:.2f}, {p['measured_hi']:.2f}]" if finite(p["measured"])
+                else "not measured")
+        rows.append([cell(p["method"]), cell(p["suite"]), cell(p["model"]), cell(p["source_device"]),
+                     cell(p["target_device"]), cell(p["tau"], "{:.3f}"), cell(p["mean_block"], "{:.2f}"),
+                     cell(p["predicted"], "{:.2f}x"), cell(meas, sort=p["measured"] if finite(p["measured"]) else None),
+                     cell(p["error_pct"], "{:+.1f}%")])
+    return TableSpec("Predicted decode speedup (tau and block sizes from the source device, cost curve of the target)",
+                     ["method", "suite", "model", "tau from", "predicted for", "tau", "mean block", "predicted",
+                      "measured [95% CI]", "error"], rows,
+                     "predicted = decode tokens / sum over steps of cost(k_step)/cost(1); measured = median over "
+                     "prompts of AR TPOT / method TPOT; error = predicted / measured - 1. Drafting cost is not "
+                     "modelled, so the prediction is an upper bound for drafters that are not free.")
+
+
+def build_report(rs: RunSet, out: Path, curves: list[dict[str, Any]] | None = None,
+                 title: str = "accbench report") -> dict[str, Path]:
+    from . import plots
+    from .html import Figure, Section, render_html, render_md
+    from .projection import project
+
+    out.mkdir(parents=True, exist_ok=True)
+    curves = curves or []
+    figs = plots.all_plots(rs, out)
+    texts = {
+        "speedup": ("Speedup vs AR per method and suite", "Median over prompts of the per-prompt speedup (AR and "
+                    "the method on the same prompt in the same run), with its 95% bootstrap interval."),
+        "speed_quality": ("Speed vs quality", "Each point is one method on one suite: speedup on x, the change of "
+                          "the suite's main quality metric vs AR on the same prompts on y. AR sits at (1, 0)."),
+        "ttft": ("TTFT vs prompt length", "Time to first token per prompt, log-scaled prompt length."),
+        "tau": ("Tokens per step", "Distribution of tokens committed per decode step; the mean is tau."),
+        "acceptance": ("Acceptance per draft position", "accepted_k / drafted_k for each draft position k."),
+        "throughput": ("Tokens/s across models and devices", "Absolute throughput per method, model and machine."),
+    }
+    figures = [Figure(name, path, *texts[name]) for name, path in figs.items()]
+    sections = [
+        Section("Results", ["Every number below is computed from the rows of the runs' `samples.jsonl` by "
+                            "`accbench.summary.summarize`; the same table is in `summary.csv` next to this report."],
+                tables=_summary_sections(rs)),
+        Section("Figures", figures=figures),
+    ]
+    pred: list[dict[str, Any]] = []
+    if curves:
+        pred = project(rs, curves)
+        cfigs = []
+        p = plots.plot_cost_curves(curves, out)
+        if p:
+            cfigs.append(Figure("cost_curve", p, "Verification cost curves",
+                                "cost(k)/cost(1) of one forward over k new tokens, per device."))
+        p = plots.plot_projection(pred, out)
+        if p:
+            figs["projection"] = p
+            cfigs.append(Figure("projection", p, "Predicted vs measured decode speedup",
+                                "Where a device was both measured and projected to."))
+        if "cost_curve" not in figs and cfigs and cfigs[0].name == "cost_curve":
+            figs["cost_curve"] = cfigs[0].path
+        sections.append(Section("Projection to other devices",
+                                [f"Cost curves: {', '.join(c['_path'] + ' (' + c['device_label'] + ')' for c in curves)}."],
+                                tables=[_projection_table(pred)], figures=cfigs))
+    sections.append(Section("Runs", tables=[_runs_table(rs)]))
+    intro = [f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(rs.runs)} results folder(s), "
+             f"{len(rs.rows)} rows. {rs.caption()}.",
+             "Speedup: per prompt AR time / method time (same number of tokens) else the ratio of tokens/s; "
+             "tau: tokens per decode step; tokens/forward: new tokens per target forward pass; "
+             "quality deltas are method minus AR on the same prompts."]
+    rs.frame.to_csv(out / "summary.csv", index=False)
+    (out / "report.md").write_text(render_md(title, intro, sections, out))
+    (out / "report.html").write_text(render_html(title, intro, sections))
+    if pred:
+        (out / "projection.json").write_text(json.dumps(pred, indent=1, default=str) + "\n")
+    return {"report.md": out / "report.md", "report.html": out / "report.html", **figs}
+
+
+@click.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "-O", "out", required=True, type=click.Path(file_okay=False), help="Folder for the report.")
+@click.option("--cost-curve", "curves", multiple=True, type=click.Path(),
+              help="Cost-curve JSON (`accbench cost-curve`) of a device to project speedups to; repeatable.")
+@click.option("--title", default="accbench report", show_default=True)
+def report(runs, out, curves, title) -> None:
+    """Write report.md, a self-contained report.html and PNG plots for one or more results
+    folders (runs from several machines merge with the machine as an axis)."""
+    from .projection import load_curve
+
+    rs = load_runs(runs)
+    cs = [load_curve(c) for c in curves]
+    try:
+        paths = build_report(rs, Path(out), cs, title)
+    except OSError as e:
+        raise AccbenchError(f"cannot write the report to {out}: {e.strerror or e}") from None
+    con = _console()
+    for name, p in paths.items():
+        con.print(f"  {name:<14} {p}")
+    con.print(f"[green]report written to {out}[/green]")
+
+
+# ---------------------------------------------------------------------------------------
+# compare
+# ---------------------------------------------------------------------------------------
+
+
+def _pct(v, lo, hi) -> str:
+    if not finite(v):
+        return "-"
+    return f"{v:+.1%} [{lo:+.1%}, {hi:+.1%}]"
+
+
+@click.command(name="compare")
+@click.argument("run_a", type=click.Path())
+@click.argument("run_b", type=click.Path())
+@click.option("--min-change", default="5%", show_default=True,
+              help="Smallest relative speed/TTFT change called better or worse (also needs the CI to exclude 0).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the rows as JSON.")
+def compare_cmd(run_a, run_b, min_change, json_out) -> None:
+    """Per model x suite x method: how RUN_B differs from RUN_A in speedup, tau, TTFT and
+    quality, paired by sample with 95% bootstrap intervals, and a verdict per row."""
+    from .compare import compare
+
+    rows = compare(load_runs([run_a]), load_runs([run_b]), min_change=_fraction(min_change, "--min-change"))
+    t = Table(title=f"{run_b} vs {run_a} (B vs A, paired by sample, 95% CI)", title_justify="left")
+    for c in ("model", "suite", "method", "n", "speed A -> B", "speed change", "tau A -> B", "tau change",
+              "TTFT change", "quality A -> B", "quality change", "verdict"):
+        t.add_column(c, justify="left" if c in ("model", "suite", "method", "verdict") else "right")
+    for r in rows:
+        unit = "" if r["method"] == BASELINE else "x"
+        color = "red" if r["verdict"].startswith("worse") else "green" if r["verdict"].startswith("better") else \
+            "yellow" if r["verdict"].startswith("mixed") else "white"
+        q_name = r["quality_metric"] or ""
+        t.add_row(r["model"], r["suite"] + (f" @{r['prompt_length']}" if r["prompt_length"] else ""), r["method"],
+                  str(r["n"]),
+                  f"{_f(r['speed_a'])}{unit} -> {_f(r['speed_b'])}{unit}" + (" tok/s" if not unit else ""),
+                  _pct(r["speed_change"], r["speed_lo"], r["speed_hi"]),
+                  f"{_f(r['tau_a'], '{:.3f}')} -> {_f(r['tau_b'], '{:.3f}')}",
+                  f"{r['tau_change']:+.3f} [{r['tau_lo']:+.3f}, {r['tau_hi']:+.3f}]" if finite(r["tau_change"]) else "-",
+                  _pct(r["ttft_change"], r["ttft_lo"], r["ttft_hi"]),
+                  f"{q_name} {_f(r['quality_a'])} -> {_f(r['quality_b'])}" if q_name else "-",
+                  f"{r['quality_change']:+.2f} pp [{r['quality_lo']:+.2f}, {r['quality_hi']:+.2f}]"
+                  if finite(r["quality_change"]) else "-",
+                  f"[{color}]{r['verdict']}[/{color}]")
+    con = _console()
+    con.print(t)
+    con.print("[dim]speed: speedup vs AR in each run (tokens/s for AR itself); better/worse needs the 95% interval "
+              f"to exclude no change and a change of at least {min_change} (speed, TTFT) or any change (tau, quality)."
+              "[/dim]")
+    if json_out:
+        Path(json_out).write_text(json.dumps(rows, indent=1, default=str) + "\n")
+
+
+# ---------------------------------------------------------------------------------------
+# check
+# ---------------------------------------------------------------------------------------
+
+
+@click.command(name="check")
+@click.argument("run", type=click.Path())
+@click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False), default=None,
+              help="Baseline JSON (default: results/baselines/<model>.json).")
+@click.option("--max-slowdown", default="5%", show_default=True,
+              help="Flag a speedup drop larger than this whose paired 95% bootstrap interval excludes no change.")
+@click.option("--quality-tolerance", type=float, default=0.5, show_default=True,
+              help="Allowed quality drop in percentage points (pass@1 as 0-100, ROUGE 0-100).")
+@click.option("--tau-tolerance", type=float, default=0.0, show_default=True,
+              help="Allowed drop of tau (tokens per step); 0: any drop fails (greedy decoding is deterministic).")
+@click.option("--write-baseline", is_flag=True, help="Write RUN as the new baseline instead of checking.")
+@click.option("--github-json", type=click.Path(dir_okay=False), default=None,
+              help="Also write github-action-benchmark JSON (tool: customBiggerIsBetter) for RUN.")
+def check_cmd(run, baseline_path, max_slowdown, quality_tolerance, tau_tolerance, write_baseline, github_json) -> None:
+    """The CI gate: exit 0 when nothing regressed against the baseline, 1 with a table of
+    regressions, 2 for bad input.
+
+    \b
+    Exact (hardware-independent) rules: lossless methods equal AR token for token; tau per
+    method and suite does not drop; forward passes per token do not rise; quality is not
+    below the baseline by more than --quality-tolerance.
+    Timing rule: the speedup vs AR (measured in the same run) is flagged only when it drops
+    by more than --max-slowdown and the paired bootstrap interval excludes no change."""
+    from . import gate
+
+    con = _console()
+    rs = load_runs([run])
+    slow = _fraction(max_slowdown, "--max-slowdown")
+    if quality_tolerance < 0 or tau_tolerance < 0:
+        raise AccbenchError("--quality-tolerance and --tau-tolerance cannot be negative")
+    models = sorted({r["model"] for r in rs.rows})
+    if baseline_path is None:
+        if len(models) != 1:
+            raise AccbenchError("the run holds several models: give --baseline FILE")
+        baseline_path = str(Path("results") / "baselines" / f"{models[0].replace('/', '_')}.json")
+    if github_json:
+        Path(github_json).write_text(json.dumps(gate.github_benchmark(rs), indent=1) + "\n")
+        con.print(f"[dim]github-action-benchmark JSON: {github_json}[/dim]")
+    if write_baseline:
+        base, warnings = gate.make_baseline(rs)
+        gate.write_baseline(base, Path(baseline_path))
+        for w in warnings:
+            con.print(f"[yellow]warning:[/yellow] {w}: `accbench check` will fail on it until it is fixed")
+        con.print(f"baseline written to {baseline_path} ({len(base['groups'])} method x suite groups)")
+        return
+    base = gate.load_baseline(baseline_path)
+    res = gate.check(rs, base, max_slowdown=slow, quality_tolerance=quality_tolerance, tau_tolerance=tau_tolerance)
+    t = Table(title=f"accbench check {run} against {baseline_path}", title_justify="left")
+    for c in ("", "rule", "suite", "method", "baseline", "now", "limit", "detail"):
+        t.add_column(c, justify="right" if c in ("baseline", "now") else "left", overflow="fold")
+    for f in res.findings:
+        mark = "[green]ok[/green]" if f.ok else "[bold red]FAIL[/bold red]"
+        t.add_row(mark, f.rule, f.suite, f.method, f.baseline, f.now, f.limit, f.detail)
+    con.print(t)
+    for n in res.notes:
+        con.print(f"[dim]note: {n}[/dim]")
+    fails = res.failures
+    if fails:
+        r = Table(title=f"{len(fails)} regression(s)", title_justify="left", title_style="bold red")
+        for c in ("rule", "model", "suite", "method", "baseline", "now", "detail"):
+            r.add_column(c, overflow="fold")
+        for f in fails:
+            r.add_row(f.rule, f.model, f.suite, f.method, f.baseline, f.now, f.detail)
+        con.print(r)
+        sys.exit(1)
+    con.print(f"[green]no regression[/green] ({len(res.findings)} checks against {baseline_path})")
+
+
+# ---------------------------------------------------------------------------------------
+# project and cost-curve
+# ---------------------------------------------------------------------------------------
+
+
+@click.command(name="project")
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--cost-curve", "curves", multiple=True, required=True, type=click.Path(),
+              help="Cost-curve JSON of the target device (`accbench cost-curve` there); repeatable.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the lines as JSON.")
+def project_cmd(runs, curves, json_out) -> None:
+    """Predict each method's decode speedup on other devices from its tau and block sizes
+    (hardware-independent, measured in RUNS) and each device's verification-cost curve;
+    shows the measured speedup and the prediction error where RUNS hold that device."""
+    from .projection import load_curve, project
+
+    rs = load_runs(runs)
+    pred = project(rs, [load_curve(c) for c in curves])
+    t = Table(title="predicted decode speedup", title_justify="left")
+    for c in ("model", "suite", "method", "tau", "mean block", "tau from", "predicted for", "predicted", "measured",
+              "error"):
+        t.add_column(c, justify="left" if c in ("model", "suite", "method", "tau from", "predicted for") else "right",
+                     overflow="fold")
+    for p in pred:
+        t.add_row(p["model"], p["suite"], p["method"], _f(p["tau"], "{:.3f}"), _f(p["mean_block"]), p["source_device"],
+                  p["target_device"], _f(p["predicted"], "{:.2f}x"),
+                  f"{p['measured']:.2f}x [{p['measured_lo']:.2f}, {p['measured_hi']:.2f}]" if finite(p["measured"])
+                  else "not measured", _f(p["error_pct"], "{:+.1f}%"))
+    con = _console()
+    con.print(t)
+    con.print("[dim]predicted = decode tokens / sum of cost(k)/cost(1) over decode steps (drafting not modelled); "
+              "measured = median of AR TPOT / method TPOT.[/dim]")
+    if json_out:
+        Path(json_out).write_text(json.dumps(pred, indent=1, default=str) + "\n")
+
+
+@click.command(name="cost-curve")
+@click.option("--model", required=True, help="Registry name, model folder, or a config.json (random weights).")
+@click.option("--device", default=None, help="cpu | cuda | cuda:N (default: cpu).")
+@click.option("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32 on CPU, bfloat16 on CUDA).")
+@click.option("--ks", default=",".join(map(str, (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64))), show_default=True,
+              help="Block sizes to time.")
+@click.option("--prefix-len", type=int, default=256, show_default=True, help="Cached context before each block.")
+@click.option("--repeats", type=int, default=7, show_default=True, help="Timed forwards per k (median kept).")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Where to write the curve JSON.")
+def cost_curve_cmd(model, device, dtype, ks, prefix_len, repeats, out) -> None:
+    """Measure this device's verification-cost curve: the time of one forward over k new
+    tokens relative to one token. Random weights are fine; the JSON can be shared and given
+    to `accbench project` / `accbench report --cost-curve`."""
+    from .projection import measure_cost_curve
+
+    try:
+        k_list = [int(k) for k in ks.split(",") if k.strip()]
+    except ValueError:
+        raise AccbenchError(f"--ks takes comma-separated integers, got {ks!r}") from None
+    con = _console()
+    curve = measure_cost_curve(model, dtype=dtype, device=device, ks=k_list, prefix_len=prefix_len, repeats=repeats,
+                               progress=lambda m: con.print(f"[dim]{m}[/dim]"))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(curve, indent=1) + "\n")
+    t = Table(title=f"cost curve · {curve['model']} · {curve['device_label']} · {curve['dtype']}", title_justify="left")
+    t.add_column("k", justify="right")
+    t.add_column("ms", justify="right")
+    t.add_column("cost(k)/cost(1)", justify="right")
+    for k, s in curve["seconds"].items():
+        t.add_row(k, f"{s * 1000:.2f}", f"{curve['relative'][k]:.2f}")
+    con.print(t)
+    con.print(f"written to {out}")
+
+
+commands = [report, compare_cmd, check_cmd, project_cmd, cost_curve_cmd]
+
+__all__ = ["commands", "build_report"]

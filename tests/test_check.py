@@ -1,0 +1,210 @@
+"""`accbench check`: the CI gate fails on a planted regression of each kind (a changed token in
+a lossless method, a tau drop, more forward passes per token, a quality drop, a slowdown),
+passes on an unchanged rerun, and exits 2 on bad input.
+
+The runs are real: smollm2-135m (loaded once) with ar and pld on three short summarization
+prompts whose answers copy from the article, so pld's tau is above 1. Regressions are planted
+in the code (monkeypatched pld internals), not in the numbers, except where noted.
+"""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from accbench.cli import main
+from click.testing import CliRunner
+
+pytestmark = pytest.mark.slow
+
+ARTICLES = [
+    ("The city library will open a new reading room on Monday. The new reading room has two hundred seats and "
+     "long tables. The city library will open the new reading room at nine in the morning.",
+     "The city library will open a new reading room with two hundred seats on Monday."),
+    ("Heavy rain closed the coastal road on Friday. Workers cleared the coastal road on Saturday, and the "
+     "coastal road opened again on Sunday morning.",
+     "Heavy rain closed the coastal road on Friday; it opened again on Sunday."),
+    ("The school choir won the regional music contest. The school choir sang three songs, and the judges said "
+     "the school choir sang the best songs of the regional music contest.",
+     "The school choir won the regional music contest with three songs."),
+]
+BUDGET = 16
+# generous timing threshold: this shared 2-core machine is noisy; the exact rules stay strict
+SLOWDOWN = "50%"
+
+
+def _data(path: Path) -> Path:
+    path.write_text("".join(json.dumps({
+        "article": f"###\nArticle: {a}\n\nSummarize the above article in 1 sentence.\n", "summary_gt": s,
+        "stop": ["###"], "max_tokens": BUDGET}) + "\n" for a, s in ARTICLES))
+    return path
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory, smollm2):
+    """run(out) makes a real run (the model stays loaded); `base` is the written baseline."""
+    d = tmp_path_factory.mktemp("gate")
+    data = _data(d / "summ.jsonl")
+
+    def run(out: Path, mp: pytest.MonkeyPatch | None = None) -> Path:
+        import accbench.models
+
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(accbench.models, "load_model", lambda *a, **k: smollm2)
+            res = CliRunner().invoke(main, ["run", "--methods", "ar,pld", "--model", "smollm2-135m", "--suite",
+                                            "summarization", "--data", str(data), "--max-new-tokens", str(BUDGET),
+                                            "--warmup", "0", "--out", str(out)], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        return out
+
+    base_run = run(d / "base")
+    base = d / "baseline.json"
+    res = CliRunner().invoke(main, ["check", str(base_run), "--write-baseline", "--baseline", str(base)])
+    assert res.exit_code == 0, res.output
+    b = json.loads(base.read_text())
+    pld = [g for g in b["groups"] if g["method"] == "pld"]
+    assert pld and all(g["tau"] > 1.05 for g in pld), "pld must accept drafts here for the tau rule to mean anything"
+    return run, base, d
+
+
+def _check(run_dir, base, *extra):
+    return CliRunner().invoke(main, ["check", str(run_dir), "--baseline", str(base), "--max-slowdown", SLOWDOWN,
+                                     *extra])
+
+
+def _failed_rules(output: str) -> set[str]:
+    rules = set()
+    for line in output.splitlines():
+        if "FAIL" in line:
+            for rule in ("lossless", "tau", "forwards/token", "quality", "speedup"):
+                if rule in line:
+                    rules.add(rule)
+    return rules
+
+
+def test_unchanged_rerun_passes(gate, tmp_path):
+    run, base, _ = gate
+    out = run(tmp_path / "again")
+    gh = tmp_path / "bench.json"
+    res = _check(out, base, "--github-json", str(gh))
+    assert res.exit_code == 0, res.output
+    assert "no regression" in res.output and "FAIL" not in res.output
+    entries = json.loads(gh.read_text())
+    assert entries and all({"name", "unit", "value"} <= set(e) for e in entries)
+    assert any("speedup vs AR" in e["name"] for e in entries)
+    assert len({e["name"] for e in entries}) == len(entries)
+
+
+def test_changed_token_in_lossless_method_fails(gate, tmp_path):
+    """A verification bug: one committed token is replaced."""
+    import accbench.methods.pld as pld
+
+    run, base, _ = gate
+    real = pld.commit
+    calls = {"n": 0}
+
+    def broken_commit(tokens, new, stopper, max_new):
+        calls["n"] += 1
+        if calls["n"] % 4 == 2:
+            new = list(new[:-1]) + [new[-1] + 1]
+        return real(tokens, new, stopper, max_new)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(pld, "commit", broken_commit)
+        out = run(tmp_path / "token")
+    res = _check(out, base)
+    assert res.exit_code == 1, res.output
+    assert "lossless" in _failed_rules(res.output)
+    assert "regression" in res.output and "AR has" in res.output
+
+
+def test_tau_drop_fails(gate, tmp_path):
+    """Drafting only one token per step: same output, fewer tokens per step."""
+    import accbench.methods.pld as pld
+
+    run, base, _ = gate
+    real = pld.NgramIndex.draft
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(pld.NgramIndex, "draft", lambda self, seq, k: real(self, seq, k)[:1])
+        out = run(tmp_path / "tau")
+    res = _check(out, base)
+    assert res.exit_code == 1, res.output
+    failed = _failed_rules(res.output)
+    assert {"tau", "forwards/token"} <= failed and "lossless" not in failed
+
+
+def test_more_forward_passes_fails(gate, tmp_path):
+    """A method that spends two extra target forwards per generation (recorded by the method)."""
+    import accbench.methods.pld as pld
+
+    run, base, _ = gate
+    real = pld.PromptLookupDecoder.generate
+
+    def wasteful(self, *a, **k):
+        rec = real(self, *a, **k)
+        rec.forward_passes += 2
+        return rec
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(pld.PromptLookupDecoder, "generate", wasteful)
+        out = run(tmp_path / "fwd")
+    res = _check(out, base)
+    assert res.exit_code == 1, res.output
+    assert _failed_rules(res.output) == {"forwards/token"}
+
+
+def test_quality_drop_fails(gate, tmp_path):
+    """Quality planted in the rows of an unchanged rerun: one sample's ROUGE drops by 3 points."""
+    run, base, _ = gate
+    out = run(tmp_path / "q")
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    for r in rows:
+        if r["method"] == "pld" and r["sample_id"] == "0":
+            r["quality"]["rougeL"] -= 3.0
+    (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = _check(out, base)
+    assert res.exit_code == 1, res.output
+    assert _failed_rules(res.output) == {"quality"}
+    assert "rougeL" in res.output
+    # within the stated tolerance: passes
+    assert _check(out, base, "--quality-tolerance", "1.5").exit_code == 0
+
+
+def test_slowdown_fails(gate, tmp_path):
+    """Drafting becomes slow (a sleep in the timed loop): same tokens, much lower speedup."""
+    import accbench.methods.pld as pld
+
+    run, base, _ = gate
+    real = pld.NgramIndex.draft
+
+    def slow_draft(self, seq, k):
+        time.sleep(0.15)
+        return real(self, seq, k)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(pld.NgramIndex, "draft", slow_draft)
+        out = run(tmp_path / "slow")
+    res = _check(out, base)
+    assert res.exit_code == 1, res.output
+    assert _failed_rules(res.output) == {"speedup"}
+    assert "change -" in res.output
+
+
+def test_bad_input_exits_2(gate, tmp_path):
+    _, base, d = gate
+    run_dir = d / "base"
+    res = CliRunner().invoke(main, ["check", str(run_dir), "--baseline", str(tmp_path / "missing.json")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    (tmp_path / "bad.json").write_text("{not json")
+    assert CliRunner().invoke(main, ["check", str(run_dir), "--baseline", str(tmp_path / "bad.json")]).exit_code == 2
+    res = CliRunner().invoke(main, ["check", str(run_dir), "--baseline", str(base), "--max-slowdown", "lots"])
+    assert res.exit_code == 2
+    # a run made with another budget is not comparable
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["settings"]["max_new_tokens"] = BUDGET * 2
+    (other / "config.json").write_text(json.dumps(cfg))
+    res = CliRunner().invoke(main, ["check", str(other), "--baseline", str(base)])
+    assert res.exit_code == 2 and "max_new_tokens" in res.output
