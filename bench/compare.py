@@ -52,6 +52,11 @@ def _by_key(rs: RunSet) -> dict[tuple, dict[str, dict[str, Any]]]:
     return out
 
 
+def _mean(values) -> float:
+    v = [x for x in values if finite(x)]
+    return float(np.mean(v)) if v else float("nan")
+
+
 def _verdict(lo: float, hi: float, value: float, threshold: float, higher_better: bool) -> str:
     if not (finite(lo) and finite(hi) and finite(value)):
         return SAME
@@ -124,8 +129,8 @@ def compare(a: RunSet, b: RunSet, *, min_change: float = 0.05, level: float = 0.
             "speed_change": math.expm1(m) if finite(m) else float("nan"),
             "speed_lo": math.expm1(lo) if finite(lo) else float("nan"),
             "speed_hi": math.expm1(hi) if finite(hi) else float("nan"),
-            "tau_a": float(np.nanmean([sample_tau(r) for r in ra])) if method != BASELINE else 1.0,
-            "tau_b": float(np.nanmean([sample_tau(r) for r in rb])) if method != BASELINE else 1.0,
+            "tau_a": _mean([sample_tau(r) for r in ra]) if method != BASELINE else 1.0,
+            "tau_b": _mean([sample_tau(r) for r in rb]) if method != BASELINE else 1.0,
             "tau_change": t, "tau_lo": tlo, "tau_hi": thi,
             "ttft_change": math.expm1(tm) if finite(tm) else float("nan"),
             "ttft_lo": math.expm1(tmlo) if finite(tmlo) else float("nan"),

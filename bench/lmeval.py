@@ -279,13 +279,17 @@ def _make_class():
 def register() -> type:
     """Register the ``accbench`` model with lm-eval (idempotent); returns the class."""
     cls = _make_class()
-    from lm_eval.api.registry import model_registry, register_model
+    from lm_eval.api import registry
 
-    current = model_registry.get(MODEL_NAME, None) if MODEL_NAME in model_registry else None
-    if current is not cls:
-        if current is not None:  # a stale class (module reloaded): replace it
-            model_registry._objs.pop(MODEL_NAME, None)
-        register_model(MODEL_NAME)(cls)
+    if hasattr(registry, "model_registry"):  # lm-eval >= 0.4.10: a Registry object
+        reg = registry.model_registry
+        current = reg.get(MODEL_NAME, None) if MODEL_NAME in reg else None
+        if current is not cls:
+            if current is not None:  # a stale class (module reloaded): replace it
+                reg._objs.pop(MODEL_NAME, None)
+            registry.register_model(MODEL_NAME)(cls)
+    else:  # older 0.4.x: a plain dict
+        registry.MODEL_REGISTRY[MODEL_NAME] = cls
     return cls
 
 

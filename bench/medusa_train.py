@@ -39,7 +39,14 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from .artifacts import artifact_dir, commit_dir, config_hash, method_dir, set_default
@@ -351,8 +358,6 @@ def _opt_int(opts, k):
 
 
 def train_medusa(method: str, req, console: Console) -> Path:
-    from safetensors.torch import load_file, save_file
-
     from accbench.methods.medusa import (
         CONFIG_FILE,
         DELTA_FILE,
@@ -363,6 +368,7 @@ def train_medusa(method: str, req, console: Console) -> Path:
         lora_delta,
     )
     from accbench.models import load_model
+    from safetensors.torch import load_file, save_file
 
     if method not in DEFAULTS:
         raise AccbenchError(f"unknown Medusa variant {method!r}")
@@ -634,10 +640,9 @@ def _medusa2_hidden(lm, held: FeatureCache, delta) -> torch.Tensor:
 def _reuse_medusa1(model_name: str, heads, config: dict, console: Console) -> Path | None:
     """Stage 1 of Medusa-2 is the Medusa-1 recipe: reuse a medusa1 artifact with the same
     heads, data and targets when there is one."""
-    from safetensors.torch import load_file
-
     from accbench.artifacts import get_default
     from accbench.methods.medusa import CONFIG_FILE, HEADS_FILE
+    from safetensors.torch import load_file
 
     p = get_default(model_name, "medusa1")
     if p is None:

@@ -79,10 +79,9 @@ def choose_tree(weights: dict, costs: dict[int, float], draft_s: float, max_node
 
 def held_out_stats(dec, console: Console) -> dict | None:
     """Recompute the heads' rank statistics on the held-out text cached at training time."""
-    from safetensors.torch import load_file
-
     from accbench.artifacts import method_dir
     from accbench.medusa_train import FeatureCache, _sub_lookup, eval_targets, evaluate_heads
+    from safetensors.torch import load_file
 
     cfg = dec.artifact_cfg
     data = cfg.get("train", {}).get("data")

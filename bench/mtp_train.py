@@ -439,7 +439,10 @@ def train_mtp(req, console) -> Path:
     if unfreeze:
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
-    heads.save(tmp, **info)
+    vocab = None
+    if feats is not None:  # the draft vocabulary: every token that occurred as a target
+        vocab = torch.unique(torch.cat([feats["teacher"][feats["valid"]], feats["ids"][feats["valid"]]]))
+    heads.save(tmp, draft_vocab=vocab, **info)
     commit_dir(tmp, final)
     if not stopped_early:
         if ckpt.exists():

@@ -44,9 +44,10 @@ def _colors(keys) -> dict[str, str]:
 
 def _finish(fig, path: Path, title: str, rows: list[dict[str, Any]], note: str | None = None) -> Path:
     fig.suptitle(title, fontsize=12, fontweight="bold", x=0.01, y=0.985, ha="left")
-    foot = "\n".join(textwrap.wrap(caption(rows), 150))
+    width = int(fig.get_size_inches()[0] * 17)  # characters of 7.5 pt text per line
+    foot = "\n".join(textwrap.wrap(caption(rows), width))
     if note:
-        foot += "\n" + note
+        foot += "\n" + "\n".join(textwrap.wrap(note, width))
     fig.text(0.01, 0.005, foot, fontsize=7.5, color="#444444", ha="left", va="bottom")
     n_lines = foot.count("\n") + 1
     fig.tight_layout(rect=(0, 0.03 + 0.022 * n_lines, 1, 0.96))
@@ -357,13 +358,16 @@ def plot_cost_curves(curves: list[dict[str, Any]], out: Path) -> Path | None:
     ax.set_ylabel("cost(k) / cost(1)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.yaxis.set_major_formatter(plain)
     ax.legend(fontsize=7.5)
     ax.grid(alpha=0.3, which="both")
     rows = [{"model": c["model"], "device": c["device_label"], "dtype": c["dtype"], "suite": "cost-curve",
              "sample_id": str(k), "time": c.get("date", "")} for c in curves for k in c["relative"]]
     return _finish(fig, out / "cost_curve.png", "Verification cost curves", rows,
-                   f"random-weight block forwards after a {curves[0].get('prefix_len', '?')}-token cached prefix; "
-                   "median of repeats (n = number of k values)")
+                   f"one causal block forward of k tokens after a {curves[0].get('prefix_len', '?')}-token cached prefix, "
+                   "median of repeats (n = number of k values); weights may be random: cost depends on shapes")
 
 
 def plot_projection(pred: list[dict[str, Any]], out: Path) -> Path | None:

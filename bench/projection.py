@@ -202,6 +202,8 @@ def project(rs: RunSet, curves: list[dict[str, Any]]) -> list[dict[str, Any]]:
             source = next((d for d in devices if d != target), devices[0])
             src_rows = [r for r in sel if r["device"] == source]
             pred = predict_rows(src_rows, curve)
+            if not finite(pred["predicted"]):  # no decode steps (every output ended at once)
+                continue
             line = {"model": model, "suite": suite, "prompt_length": plen or None, "method": method,
                     "source_device": source, "target_device": target, "curve": curve["_path"],
                     "curve_model": curve["model"], "dtype": curve.get("dtype"), "date": curve.get("date", ""),

@@ -38,7 +38,15 @@ from torch import nn
 
 from . import register
 from .base import Clock, DecoderBase, GenerationRecord, sample_from_logits, sampling_probs
-from .tree import accept_greedy, block_forward, commit, compact_cache, logits_from_hidden, make_cache, tree_visibility
+from .tree import (
+    accept_greedy,
+    block_forward,
+    commit,
+    compact_cache,
+    logits_from_hidden,
+    make_cache,
+    tree_visibility,
+)
 
 HEADS_FILE = "heads.safetensors"
 DELTA_FILE = "backbone_delta.safetensors"

@@ -45,6 +45,7 @@ from .tree import block_forward, commit, crop_cache, logits_from_hidden, make_ca
 
 HEADS_FILE = "heads.safetensors"
 META_FILE = "mtp.json"
+DRAFT_VOCAB_KEY = "draft_vocab"  # optional in HEADS_FILE: the token ids drafts are drawn from
 
 
 # --------------------------------------------------------------------------------------
@@ -92,6 +93,7 @@ class MTPHeads(nn.Module):
         self._rope_kw = ({"layer_type": "full_attention"}
                          if "layer_type" in inspect.signature(self.rotary.forward).parameters else {})
         self._eager = getattr(base_cfg, "_attn_implementation", "sdpa") == "eager"
+        self.draft_vocab: torch.Tensor | None = None  # set by load() when the artifact has one
         p = next(model.parameters())
         self.to(device=p.device, dtype=p.dtype)
 
@@ -161,13 +163,16 @@ class MTPHeads(nn.Module):
         return {"n_heads": self.n_extra + 1, "branch_layer": self.branch_layer, "layer_class": self.layer_class,
                 "hidden_size": int(self.config.hidden_size)}
 
-    def save(self, directory: str | Path, **info: Any) -> None:
+    def save(self, directory: str | Path, draft_vocab: torch.Tensor | None = None, **info: Any) -> None:
+        """Write the heads (and optionally the draft vocabulary: token ids drafts are drawn from)."""
         from safetensors.torch import save_file
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()
                  if not k.startswith("rotary.")}
+        if draft_vocab is not None:
+            state[DRAFT_VOCAB_KEY] = draft_vocab.detach().to("cpu", torch.long).contiguous()
         save_file(state, str(d / HEADS_FILE))
         (d / META_FILE).write_text(json.dumps({**self.meta(), **info}, indent=2, default=str))
 
@@ -183,6 +188,7 @@ class MTPHeads(nn.Module):
         if int(meta.get("hidden_size", heads.config.hidden_size)) != int(heads.config.hidden_size):
             raise ValueError(f"MTP heads in {d} were trained for hidden size {meta['hidden_size']}")
         state = load_file(str(d / HEADS_FILE), device=str(next(model.parameters()).device))
+        heads.draft_vocab = state.pop(DRAFT_VOCAB_KEY, None)
         missing, unexpected = heads.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("rotary.")]
         if missing or unexpected:
@@ -259,6 +265,11 @@ class MTPDecoder(DecoderBase):
         "n": 4,  # total heads for heads="random"
         "branch_layer": None,  # branch point for heads="random" (None: final pre-norm state)
         "seed": 0,  # init seed for heads="random"
+        # "auto": draft over the artifact's draft vocabulary when it has one (the tokens that
+        # occurred as targets in training), else the whole vocabulary; "full": always the whole
+        # vocabulary. Drafting over fewer unembedding rows is cheaper (the unembedding is a
+        # large share of a small model); verification is unchanged, so output stays lossless.
+        "draft_vocab": "auto",
     }
 
     def __init__(self, model, tokenizer, **kw):
@@ -279,14 +290,35 @@ class MTPDecoder(DecoderBase):
         self.heads.eval()
         nd = self.opts["num_draft"]
         self.num_draft = self.heads.n_extra if nd is None else max(0, min(int(nd), self.heads.n_extra))
+        dv = self.opts["draft_vocab"]
+        if dv not in ("auto", "full"):
+            raise ValueError("draft_vocab is 'auto' or 'full'")
+        self._vocab = None
+        self._w_draft = None
+        if dv == "auto" and self.heads.draft_vocab is not None:
+            self._vocab = self.heads.draft_vocab.to(self.device)
+            self._w_draft = model.get_output_embeddings().weight[self._vocab].detach().contiguous()
+        self._cap = getattr(model.config, "final_logit_softcapping", None)
 
     # the draft: heads over the newly committed trunk states, drafts from the last one
     def _draft(self, h: torch.Tensor, positions: torch.Tensor, hcache: DynamicCache, k: int) -> list[int]:
-        outs = self.heads(h, positions, hcache, heads=max(k, 1))
+        if self.num_draft <= 0:
+            return []
+        # every head in use sees every committed position (their caches stay complete), even
+        # when the budget leaves room for fewer drafts
+        outs = self.heads(h, positions, hcache, heads=self.num_draft)
         if k <= 0:
             return []
-        logits = head_logits(self.model, [o[:, -1] for o in outs[:k]])  # [k, V]
-        return sample_from_logits(logits, self.sampling, self._generator).tolist()
+        last = [o[:, -1] for o in outs[:k]]
+        if self._w_draft is None:
+            logits = head_logits(self.model, last)  # [k, V]
+            return sample_from_logits(logits, self.sampling, self._generator).tolist()
+        x = self.model.model.norm(torch.cat(last, dim=0))
+        logits = torch.nn.functional.linear(x, self._w_draft)  # [k, |draft vocab|]
+        if self._cap:
+            logits = torch.tanh(logits / self._cap) * self._cap
+        idx = sample_from_logits(logits, self.sampling, self._generator)
+        return self._vocab[idx].tolist()
 
     @torch.inference_mode()
     def generate(self, prompt_ids, max_new_tokens: int, stop=None) -> GenerationRecord:

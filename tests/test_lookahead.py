@@ -152,7 +152,7 @@ def _stop_inside_a_run(rec):
     return out
 
 
-def check_real_prompts(lm, data_dir, method, opts, budget=40):
+def check_real_prompts(lm, data_dir, method, opts, budget=32):
     tok = lm.tokenizer
     ar = get("ar")(lm.model, tok)
     dec = get(method)(lm.model, tok, **opts)

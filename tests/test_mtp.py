@@ -45,9 +45,9 @@ def _oracle(dec, n_prompt, ref, corrupt_every=0):
 def test_mtp_equals_ar_with_random_heads(fixture, request):
     lm = request.getfixturevalue(fixture)
     ar = get("ar")(lm.model, lm.tokenizer)
-    for opts in ({}, {"num_draft": 1}, {"n": 3, "branch_layer": -1}):
+    for opts, texts in (({}, TEXTS), ({"num_draft": 1}, TEXTS[:2]), ({"n": 3, "branch_layer": -1}, TEXTS[2:])):
         dec = get("mtp")(lm.model, lm.tokenizer, heads="random", **opts)
-        for t in TEXTS:
+        for t in texts:
             ids = lm.tokenizer(t).input_ids
             a = ar.generate(ids, 40, _no_stop(lm.tokenizer))
             m = dec.generate(ids, 40, _no_stop(lm.tokenizer))
@@ -100,7 +100,8 @@ def test_head_caches_equal_recomputation_after_rejections(fixture, request):
     hc = dec.last_head_cache
     L = hc.get_seq_length()
     # the heads have seen every committed position except those committed by the last step
-    assert L == len(ids) + rec.n_new - rec.tokens_per_step[-1]
+    # (the last step's root, accepted drafts and bonus token have no trunk state in the heads yet)
+    assert L == len(ids) + rec.n_new - 1 - rec.tokens_per_step[-1]
     seq = torch.tensor([ids + rec.tokens])
     with torch.inference_mode(), BranchCapture(model, dec.heads.branch_layer) as cap:
         model(input_ids=seq)
@@ -156,8 +157,14 @@ def test_trained_heads_become_the_default_and_decode_losslessly(tiny_llama, tmp_
     assert get_default("tiny-random-llama", "mtp") == out
     dec = MTPDecoder(tiny_llama.model, tiny_llama.tokenizer, model_name="tiny-random-llama")
     assert dec.heads.n_extra == 2
-    ids = tiny_llama.tokenizer(TEXTS[2]).input_ids
-    assert dec.generate(ids, 24).tokens == get("ar")(tiny_llama.model, tiny_llama.tokenizer).generate(ids, 24).tokens
+    assert dec._vocab is not None and 0 < len(dec._vocab) < tiny_llama.model.config.vocab_size  # draft vocabulary
+    full = MTPDecoder(tiny_llama.model, tiny_llama.tokenizer, model_name="tiny-random-llama", draft_vocab="full")
+    ar = get("ar")(tiny_llama.model, tiny_llama.tokenizer)
+    for t in TEXTS[1:3]:
+        ids = tiny_llama.tokenizer(t).input_ids
+        a = ar.generate(ids, 24, _no_stop(tiny_llama.tokenizer)).tokens
+        assert dec.generate(ids, 24, _no_stop(tiny_llama.tokenizer)).tokens == a
+        assert full.generate(ids, 24, _no_stop(tiny_llama.tokenizer)).tokens == a
 
 
 def test_training_loss_decreases(tmp_path, monkeypatch):

@@ -21,15 +21,14 @@ import statistics
 
 import click
 import torch
-from rich.console import Console
-from rich.table import Table
-
 from accbench import suites as suite_registry
 from accbench.costs import forward_cost, speedup_bound
 from accbench.methods import StopChecker, get
 from accbench.models import load_model
 from accbench.runner import encode_prompt
 from accbench.stats import bootstrap_median, first_divergence, paired_ratio
+from rich.console import Console
+from rich.table import Table
 
 
 @click.command()
@@ -44,6 +43,8 @@ from accbench.stats import bootstrap_median, first_divergence, paired_ratio
 @click.option("--data-dir", default=None)
 def main(model, method, suites, n, max_new_tokens, trees, cost_repeats, data_dir) -> None:
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=170)
     lm = load_model(model)
     tree_specs = [trees] if trees.strip().startswith("[") else [t.strip() for t in trees.split(",") if t.strip()]
     ar = get("ar")(lm.model, lm.tokenizer, model_name=lm.name)
@@ -106,7 +107,7 @@ def main(model, method, suites, n, max_new_tokens, trees, cost_repeats, data_dir
         t.add_row(name, f"{tau:.2f}", f"{exact}/{len(rs)}", e2e.fmt(), dec_sp.fmt(), f"{c_rel:.2f}", f"{bound:.2f}x",
                   f"{dec_sp.value / bound:.2f}", f"{draft:.1%}")
     console.print(t)
-    console.print(f"cost(k) s: " + ", ".join(f"{k}: {v * 1e3:.1f} ms" for k, v in costs.items()))
+    console.print("cost(k) s: " + ", ".join(f"{k}: {v * 1e3:.1f} ms" for k, v in costs.items()))
     console.print("[dim]speedup decode = AR (E2E - TTFT) / method (E2E - TTFT) per prompt (tokens/s ratio when "
                   "lengths differ); the bound ignores drafting and bookkeeping, so measured/bound < 1 shows "
                   "their cost.[/dim]")

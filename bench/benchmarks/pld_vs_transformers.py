@@ -49,7 +49,7 @@ def hf_prompt_lookup(model, ids: torch.Tensor, budget: int, eos: list[int], stop
 @click.option("--device", default=None)
 @click.option("--data-dir", default=None)
 def main(model, suites, n, max_new_tokens, k, max_ngram, dtype, device, data_dir):
-    console = Console()
+    console = Console(width=200)
     loaded = load_model(model, dtype=dtype, device=device, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     ar = get("ar")(loaded.model, loaded.tokenizer)
     pld = get("pld")(loaded.model, loaded.tokenizer, num_draft=k, max_ngram=max_ngram, min_ngram=1)

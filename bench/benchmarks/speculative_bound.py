@@ -66,7 +66,7 @@ def _interp(costs: dict[int, float], k: float) -> float:
 def main(model, methods, suites, n, max_new_tokens, options, cost_repeats, dtype, device, data_dir):
     import json
 
-    console = Console()
+    console = Console(width=200)
     loaded = load_model(model, dtype=dtype, device=device, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     names = [m for m in methods.split(",") if m and m != "ar"]
     opts: dict[str, dict] = {m: {} for m in names}
