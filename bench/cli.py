@@ -95,8 +95,9 @@ def main() -> None:
               help="Timed generations per sample; the median is recorded, all are kept.")
 @click.option("--warmup", type=int, default=1, show_default=True,
               help="Unrecorded warmup generations per method and model.")
-@click.option("--prompt-format", type=click.Choice(["raw", "chat"]), default="raw", show_default=True,
-              help="chat wraps each prompt in the model's chat template (raw when it has none).")
+@click.option("--prompt-format", type=click.Choice(["auto", "raw", "chat"]), default="auto", show_default=True,
+              help="chat wraps each prompt in the model's chat template (raw when it has none); auto uses "
+                   "the suite's choice: raw for mbpp (lm-eval's few-shot format), chat for the others.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Folder with the data sets (else $ACCBENCH_DATA_DIR, else the Hugging Face hub).")
 @click.option("--data", "data_file", type=click.Path(dir_okay=False), default=None,

@@ -120,7 +120,7 @@ def cell_messages(payload: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     from accbench.methods import StopChecker
     from accbench.models import load_model, resolve_device, resolve_dtype
 
-    from .runner import build_decoder, encode_prompt, fit_to_length, sample_row
+    from .runner import build_decoder, encode_prompt, fit_to_length, sample_row, suite_format
 
     cfg = SweepConfig(**{**payload["cfg"], "out": Path(payload["cfg"]["out"])})
     cell = Cell(**payload["cell"])
@@ -155,7 +155,7 @@ def cell_messages(payload: dict[str, Any]) -> Iterator[tuple[str, Any]]:
             filler += encode_prompt(loaded.tokenizer, other.prompt, "raw")
     warmed = False
     for sample in samples:
-        ids = encode_prompt(loaded.tokenizer, sample.prompt, cfg.prompt_format)
+        ids = encode_prompt(loaded.tokenizer, sample.prompt, suite_format(cfg.prompt_format, suite))
         if cell.prompt_length is not None:
             ids = fit_to_length(ids, cell.prompt_length, filler, loaded.tokenizer.bos_token_id)
         if not warmed:

@@ -41,7 +41,7 @@ class SweepConfig:
     warmup: int = 1
     temperature: float = 0.0
     top_p: float = 1.0
-    prompt_format: str = "raw"  # "raw" | "chat"
+    prompt_format: str = "auto"  # "auto" (the suite's preference) | "raw" | "chat"
     data_dir: str | None = None
     data_file: str | None = None
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -110,8 +110,17 @@ def validate(cfg: SweepConfig) -> None:
     for n in cfg.prompt_lengths or []:
         if n < 8:
             raise AccbenchError(f"--prompt-lengths must be at least 8 tokens each, got {n}")
-    if cfg.prompt_format not in ("raw", "chat"):
-        raise AccbenchError(f"--prompt-format must be raw or chat, got {cfg.prompt_format!r}")
+    if cfg.prompt_format not in ("auto", "raw", "chat"):
+        raise AccbenchError(f"--prompt-format must be auto, raw or chat, got {cfg.prompt_format!r}")
+
+
+def suite_format(cfg_format: str, suite) -> str:
+    """``auto`` resolves to the suite's preference: raw for MBPP (lm-eval's few-shot format),
+    chat for instruction-style suites (an instruction-tuned model given a bare instruction
+    often answers with an end-of-turn token straight away)."""
+    if cfg_format != "auto":
+        return cfg_format
+    return getattr(suite, "prompt_format", "chat")
 
 
 def encode_prompt(tokenizer, text: str, prompt_format: str) -> list[int]:
@@ -266,7 +275,7 @@ def run_sweep(cfg: SweepConfig, progress: NullProgress | None = None, overwrite:
                     dec = decoders[method]
                     ids = prompt_cache.get((sample.id, plen))
                     if ids is None:
-                        ids = encode_prompt(loaded.tokenizer, sample.prompt, cfg.prompt_format)
+                        ids = encode_prompt(loaded.tokenizer, sample.prompt, suite_format(cfg.prompt_format, suite))
                         if plen is not None:
                             ids = fit_to_length(ids, plen, filler, loaded.tokenizer.bos_token_id)
                         prompt_cache[(sample.id, plen)] = ids
@@ -309,7 +318,7 @@ def sample_row(dec, ids: list[int], budget: int, stopper, cfg: SweepConfig, devi
         "model": model, "device": device_key, "suite": suite_name, "prompt_length": plen,
         "sample_id": sample.id, "method": method,
         "dtype": str(dtype).replace("torch.", ""), "prompt_tokens": len(ids),
-        "prompt_format": cfg.prompt_format, "output_text": text, "quality": quality,
+        "prompt_format": suite_format(cfg.prompt_format, suite), "output_text": text, "quality": quality,
         "host": _hostname(), "device_name": _device_name(device),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })

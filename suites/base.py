@@ -24,6 +24,8 @@ class Suite:
     stop: list[str] = []
     #: default generation budget
     max_new_tokens: int = 128
+    #: prompt format under --prompt-format auto: "chat" (instruction-style) or "raw"
+    prompt_format: ClassVar[str] = "chat"
     #: names of the quality metrics score() returns; the first is the headline one
     metrics: ClassVar[list[str]] = []
 

@@ -129,6 +129,8 @@ class MBPPSuite(Suite):
     #: lm-eval's default max_gen_toks for generate_until tasks
     max_new_tokens: int = 256
     metrics: ClassVar[list[str]] = ["pass@1"]
+    #: lm-eval's mbpp task sends the few-shot text as is (no chat template)
+    prompt_format: ClassVar[str] = "raw"
     data_relpath: ClassVar[str] = data.MBPP
 
     def __init__(
