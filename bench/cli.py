@@ -14,6 +14,13 @@ from rich.table import Table
 from .errors import AccbenchError
 
 
+def _console() -> Console:
+    """The terminal's console; 160 columns when output goes to a file or a CI log, so wide
+    tables keep their headers instead of being squeezed to 80 columns."""
+    c = Console()
+    return c if c.is_terminal else Console(width=160)
+
+
 def _split(values: tuple[str, ...] | str | None) -> list[str]:
     """``--x a,b --x c`` -> [a, b, c]."""
     if values is None:
@@ -141,7 +148,7 @@ def run(methods, models, suites, limit, max_new_tokens, seed, temperature, top_p
     from .summary import summarize
     from .tables import summary_tables
 
-    console = Console()
+    console = _console()
     model_list, suite_list = _split(models), _split(suites)
     out_path = Path(out) if out else Path("results") / f"{model_list[0].replace('/', '_')}-{'-'.join(suite_list)}"
     cfg = SweepConfig(
@@ -179,7 +186,7 @@ def list_cmd() -> None:
     from accbench import suites as suite_registry
     from accbench.models import MODELS, readiness
 
-    console = Console()
+    console = _console()
     t = Table(title="methods", title_justify="left")
     for c in ("name", "lossless", "description"):
         t.add_column(c)
