@@ -26,7 +26,9 @@ def _longbench_ids(loaded, n_tokens: int, index: int = 0) -> list[int]:
 
     samples = list(build("longbench-multinews").samples(limit=index + 2))
     filler = encode_prompt(loaded.tokenizer, samples[index + 1].prompt, "raw")
-    ids = encode_prompt(loaded.tokenizer, samples[index].prompt, "raw")
+    # chat, as `accbench run` sends longbench prompts: the instruct model answers a raw prompt
+    # with end-of-turn at once
+    ids = encode_prompt(loaded.tokenizer, samples[index].prompt, "chat")
     return fit_to_length(ids, n_tokens, filler, loaded.tokenizer.bos_token_id)
 
 
