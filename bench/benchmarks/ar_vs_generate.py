@@ -17,7 +17,7 @@ import torch
 from accbench import suites as suite_registry
 from accbench.methods import StopChecker, get
 from accbench.models import load_model
-from accbench.runner import encode_prompt
+from accbench.runner import encode_prompt, suite_format
 from accbench.stats import bootstrap_median, first_divergence
 from rich.console import Console
 from rich.table import Table
@@ -56,12 +56,13 @@ def main(model, suites, n, max_new_tokens, dtype, device, data_dir):
         stopper = StopChecker(loaded.tokenizer, suite.stop, eos)
         samples = list(suite.samples(limit=n))
         # warm both paths once
-        w = encode_prompt(loaded.tokenizer, samples[0].prompt, "raw")
+        fmt = suite_format("auto", suite)
+        w = encode_prompt(loaded.tokenizer, samples[0].prompt, fmt)
         ar.generate(w, 16, stopper)
         _timed_generate(loaded.model, torch.tensor([w], device=loaded.device), 16, eos, stopper)
         same, ratios, t_ar, t_gen, n_ar, n_gen = 0, [], 0.0, 0.0, 0, 0
         for i, s in enumerate(samples):
-            ids = encode_prompt(loaded.tokenizer, s.prompt, "raw")
+            ids = encode_prompt(loaded.tokenizer, s.prompt, fmt)
             tid = torch.tensor([ids], device=loaded.device)
             if i % 2 == 0:
                 rec = ar.generate(ids, max_new_tokens, stopper)
