@@ -36,15 +36,13 @@ def no_env(monkeypatch):
 
 @pytest.fixture(scope="module")
 def mbpp_suite():
-    if not HAVE_DATA:
-        pytest.skip("no data")
+    assert HAVE_DATA, f"evaluation data not found in {DATA} (set ACCBENCH_DATA_DIR)"
     return suites.build("mbpp", data_dir=str(DATA))
 
 
 @pytest.fixture(scope="module")
 def mbpp_records():
-    if not HAVE_DATA:
-        pytest.skip("no data")
+    assert HAVE_DATA, f"evaluation data not found in {DATA} (set ACCBENCH_DATA_DIR)"
     return {r["task_id"]: r for r in sdata.read_jsonl(DATA / sdata.MBPP)}
 
 
@@ -258,10 +256,10 @@ def test_mbpp_splits(data_env):
 
 
 def _lm_eval_mbpp_dir() -> Path:
-    lm_eval = pytest.importorskip("lm_eval")
+    import lm_eval
+
     d = Path(lm_eval.__file__).parent / "tasks" / "mbpp"
-    if not (d / "mbpp.yaml").is_file():
-        pytest.skip("lm-eval has no mbpp task")
+    assert (d / "mbpp.yaml").is_file(), "lm-eval's mbpp task is missing"
     return d
 
 
@@ -351,10 +349,7 @@ def test_mbpp_sandbox_source_runs_like_code_eval():
 
 
 def _sandbox():
-    try:
-        import accbench.sandbox  # noqa: F401
-    except ImportError:
-        pytest.skip("accbench.sandbox not available")
+    import accbench.sandbox  # noqa: F401
 
 
 def test_mbpp_reference_solutions_pass_and_wrong_fail(mbpp_suite, mbpp_records):
@@ -481,8 +476,7 @@ def test_prompts_suite_both_formats(tmp_path):
 
 def test_data_file_goes_only_to_suites_that_take_it(tmp_path, data_env):
     """One --data for a sweep over mbpp,prompts: mbpp ignores it."""
-    if not HAVE_DATA:
-        pytest.skip("no data")
+    assert HAVE_DATA, f"evaluation data not found in {DATA} (set ACCBENCH_DATA_DIR)"
     f = _write(tmp_path / "p.jsonl", ['{"prompt": "hi"}'])
     assert len(suites.build("mbpp", data_file=str(f))) == 500
     assert len(suites.build("prompts", data_file=str(f))) == 1
