@@ -44,6 +44,7 @@ from .tree import (
     commit,
     compact_cache,
     logits_from_hidden,
+    longest_accepted_path,
     make_cache,
     tree_visibility,
 )
@@ -405,23 +406,7 @@ class _MedusaBase(DecoderBase):
         thr = torch.minimum(torch.full_like(ent, eps), delta * torch.exp(-ent))
         par = self._parents_t[1:]
         ok_edge = (probs[par, tokens[1:]] > thr[par]).tolist()
-        parents, n = self._parents, len(self._parents)
-        ok = [True] + [False] * (n - 1)
-        depth = [0] * n
-        best = 0
-        for i in range(1, n):
-            p = parents[i]
-            if ok[p] and ok_edge[i - 1]:
-                ok[i] = True
-                depth[i] = depth[p] + 1
-                if depth[i] > depth[best]:
-                    best = i
-        path = []
-        i = best
-        while i != -1:
-            path.append(i)
-            i = parents[i] if i else -1
-        path.reverse()
+        path = longest_accepted_path(self._parents, [True] + ok_edge)
         bonus = int(torch.multinomial(probs[path[-1]], 1, generator=self._generator))
         return path, bonus
 

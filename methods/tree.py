@@ -135,19 +135,18 @@ def block_forward(model, cache, tokens: torch.Tensor, depths: Sequence[int] | to
 # --------------------------------------------------------------------------------------
 
 
-def accept_greedy(tokens: Sequence[int], parents: Sequence[int], pred: Sequence[int]) -> list[int]:
-    """Longest path of block tokens each equal to the argmax (``pred``) at its parent.
-
-    Returns the accepted node indices from the root (0) down; the bonus token is
-    ``pred[path[-1]]``. Ties in depth go to the first node (the highest-ranked candidate)."""
-    n = len(tokens)
+def longest_accepted_path(parents: Sequence[int], edge_ok: Sequence[bool]) -> list[int]:
+    """Deepest node whose whole chain from the root has accepted edges (``edge_ok[i]``: node
+    ``i`` is acceptable given its parent; ``edge_ok[0]`` is ignored). Returns node indices from
+    the root (0) down. Ties in depth go to the first node (the highest-ranked candidate)."""
+    n = len(parents)
     ok = [False] * n
     ok[0] = True
     depth = [0] * n
     best = 0
     for i in range(1, n):
         p = parents[i]
-        if ok[p] and tokens[i] == pred[p]:
+        if ok[p] and edge_ok[i]:
             ok[i] = True
             depth[i] = depth[p] + 1
             if depth[i] > depth[best]:
@@ -158,6 +157,15 @@ def accept_greedy(tokens: Sequence[int], parents: Sequence[int], pred: Sequence[
         path.append(i)
         i = parents[i] if i else -1
     return path[::-1]
+
+
+def accept_greedy(tokens: Sequence[int], parents: Sequence[int], pred: Sequence[int]) -> list[int]:
+    """Longest path of block tokens each equal to the argmax (``pred``) at its parent.
+
+    Returns the accepted node indices from the root (0) down; the bonus token is
+    ``pred[path[-1]]``."""
+    edge_ok = [True] + [tokens[i] == pred[parents[i]] for i in range(1, len(tokens))]
+    return longest_accepted_path(parents, edge_ok)
 
 
 def compact_cache(cache, prefix_len: int, keep: Sequence[int]) -> None:
