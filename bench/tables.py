@@ -20,6 +20,14 @@ def _interval(v, lo, hi, suffix="x"):
     return f"{v:.2f}{suffix} [{lo:.2f}, {hi:.2f}]"
 
 
+def _acceptance(v, shown: int = 5) -> str:
+    """Acceptance per draft position ("0.62;0.41;...") as "0.62 0.41 ..." (first ``shown``)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)) or str(v) == "":
+        return "-"
+    parts = [x for x in str(v).split(";") if x]
+    return " ".join(f"{float(x):.2f}" for x in parts[:shown]) + (" …" if len(parts) > shown else "")
+
+
 def summary_tables(frame: pd.DataFrame) -> list[Table]:
     tables = []
     if frame.empty:
@@ -37,7 +45,8 @@ def summary_tables(frame: pd.DataFrame) -> list[Table]:
         show_ttft_sp = pruning or (plen is not None and not (isinstance(plen, float) and math.isnan(plen)))
         cols = ["method", "n", "tok/s", "speedup vs AR [95% CI]", "TTFT s"]
         cols += ["TTFT speedup [95% CI]"] if show_ttft_sp else []
-        cols += ["TPOT ms", "tau"] + (["computed", "revivals"] if pruning else [])
+        drafts = "acceptance" in grp.columns and grp["acceptance"].notna().any()
+        cols += ["TPOT ms", "tau"] + (["accept/pos"] if drafts else []) + (["computed", "revivals"] if pruning else [])
         for col in cols:
             t.add_column(col, justify="left" if col == "method" else "right")
         qs = [c for c in qcols if grp[c].notna().any()]
@@ -53,6 +62,8 @@ def summary_tables(frame: pd.DataFrame) -> list[Table]:
             if show_ttft_sp:
                 cells.append(_interval(r["ttft_speedup"], r["ttft_speedup_lo"], r["ttft_speedup_hi"]))
             cells += [_f(r["tpot_s"] * 1000 if r["tpot_s"] == r["tpot_s"] else None, "{:.1f}"), _f(r["tau"])]
+            if drafts:
+                cells.append(_acceptance(r.get("acceptance")))
             if pruning:
                 cells += [_f(r.get("computed_frac"), "{:.0%}"), _f(r.get("revivals"), "{:.1f}")]
             for c in qs:

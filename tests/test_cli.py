@@ -211,3 +211,25 @@ def test_prompt_lengths_are_a_sweep_axis(tmp_path):
     summary = (out / "summary.csv").read_text()
     assert "prompt_length" in summary
     assert "prompt 64 tokens" in res.output
+
+
+def test_table_shows_acceptance_per_draft_position():
+    import pandas as pd
+    from accbench.tables import summary_tables
+    from rich.console import Console
+
+    base = {"model": "m", "device": "cpu", "suite": "mbpp", "prompt_length": float("nan"), "dtype": "float32",
+            "n": 3, "tokens_per_s": 10.0, "speedup": 1.0, "speedup_lo": 1.0, "speedup_hi": 1.0, "ttft_s": 0.1,
+            "tpot_s": 0.05, "tau": 1.0, "exact_match_ar": float("nan"), "acceptance": float("nan")}
+    frame = pd.DataFrame([{**base, "method": "ar"},
+                          {**base, "method": "pld", "tau": 1.7, "exact_match_ar": 1.0,
+                           "acceptance": "0.612;0.405;0.3;0.2;0.1;0.05"}])
+    console = Console(width=250, record=True)
+    for t in summary_tables(frame):
+        console.print(t)
+    text = console.export_text()
+    assert "accept/pos" in text
+    assert "0.61 0.41 0.30 0.20 0.10 …" in text
+    # AR has no draft positions: a dash, not "nan"
+    ar_line = next(line for line in text.splitlines() if "│ ar " in line)
+    assert "nan" not in ar_line

@@ -62,12 +62,14 @@ def parse_schedule(spec: str) -> dict:
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--schedules", default=DEFAULT_SCHEDULES, show_default=True,
               help="Comma-free list separated by ';' or ',' between specs (see module doc).")
+@click.option("--dtype", default=None, help="Default: float32 on CPU, bfloat16 on CUDA.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cpu).")
 @click.option("--data-dir", default=None)
 @click.option("--out", default=None, help="JSONL file for the raw measurements (resumable).")
-def main(model, length, n, max_new_tokens, schedules, data_dir, out):
+def main(model, length, n, max_new_tokens, schedules, dtype, device, data_dir, out):
     console = Console()
     specs = _split_specs(schedules)
-    loaded = load_model(model, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
+    loaded = load_model(model, dtype, device, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     L = len(loaded.model.model.layers)
     ar = get("ar")(loaded.model, loaded.tokenizer)
     lazy_cls = get("lazyllm")

@@ -40,12 +40,14 @@ from rich.table import Table
 @click.option("--trees", default="default,greedy63", show_default=True,
               help="Comma-separated trees: default (the tuned one), greedyN, chain, or a JSON list (alone).")
 @click.option("--cost-repeats", type=int, default=7, show_default=True)
+@click.option("--dtype", default=None, help="Default: float32 on CPU, bfloat16 on CUDA.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cpu).")
 @click.option("--data-dir", default=None)
-def main(model, method, suites, n, max_new_tokens, trees, cost_repeats, data_dir) -> None:
+def main(model, method, suites, n, max_new_tokens, trees, cost_repeats, dtype, device, data_dir) -> None:
     console = Console()
     if not console.is_terminal:
         console = Console(width=170)
-    lm = load_model(model)
+    lm = load_model(model, dtype, device)
     tree_specs = [trees] if trees.strip().startswith("[") else [t.strip() for t in trees.split(",") if t.strip()]
     ar = get("ar")(lm.model, lm.tokenizer, model_name=lm.name)
     decs = {}
