@@ -45,7 +45,8 @@ def summary_tables(frame: pd.DataFrame) -> list[Table]:
         show_ttft_sp = pruning or (plen is not None and not (isinstance(plen, float) and math.isnan(plen)))
         cols = ["method", "n", "tok/s", "speedup vs AR [95% CI]", "TTFT s"]
         cols += ["TTFT speedup [95% CI]"] if show_ttft_sp else []
-        drafts = "acceptance" in grp.columns and grp["acceptance"].notna().any()
+        drafts = "acceptance" in grp.columns and bool(
+            grp["acceptance"].map(lambda v: isinstance(v, str) and v != "").any())
         cols += ["TPOT ms", "tau"] + (["accept/pos"] if drafts else []) + (["computed", "revivals"] if pruning else [])
         for col in cols:
             t.add_column(col, justify="left" if col == "method" else "right")

@@ -233,3 +233,8 @@ def test_table_shows_acceptance_per_draft_position():
     # AR has no draft positions: a dash, not "nan"
     ar_line = next(line for line in text.splitlines() if "│ ar " in line)
     assert "nan" not in ar_line
+    # an AR-only table (acceptance "" as the summary writes it) has no such column
+    console = Console(width=250, record=True)
+    for t in summary_tables(pd.DataFrame([{**base, "method": "ar", "acceptance": ""}])):
+        console.print(t)
+    assert "accept/pos" not in console.export_text()
