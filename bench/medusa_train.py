@@ -53,9 +53,9 @@ from .artifacts import artifact_dir, commit_dir, config_hash, method_dir, set_de
 from .errors import AccbenchError
 from .train_data import token_chunks
 
-# Defaults sized for the packaged 135M-270M models on a 2-core CPU (about 15 minutes for
-# medusa1 on smollm2-135m when the machine is idle: ~5 min backbone pass over 160k tokens,
-# ~10 min of head steps); a GPU run scales them with --steps / --batch-size / -o data_tokens.
+# Defaults sized for the packaged 135M-270M models on a 2-core CPU (medusa1 on smollm2-135m,
+# idle machine: 13.4 min = 3:40 backbone pass over 160k tokens + 9:34 of head steps); a GPU
+# run scales them with --steps / --batch-size / -o data_tokens.
 # 40k tokens overfit (train top-1 0.37 vs held-out 0.22 for head 1), hence 160k.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "medusa1": {"steps": 2000, "batch_size": 512, "lr": 1e-3, "seq_len": 256},

@@ -19,7 +19,7 @@ pre-norm state; negative counts from the end), ``init`` (copy | identity | rando
 ``unfreeze``, ``ckpt_every`` (steps), ``eval_chunks`` (held-out windows scored at the end),
 ``warmup`` (fraction of steps), ``max_minutes`` (stop early, keeping what is trained).
 
-Checkpoints every ``ckpt_every`` steps (heads, optimizer, step) next to the artifact; rerunning
+Checkpoints every ``ckpt_every`` steps and on Ctrl-C (heads, optimizer, step) next to the artifact; rerunning
 the same command resumes from the last one (``--restart`` ignores it). The finished artifact is
 committed atomically and made the default for the model.
 """
@@ -41,8 +41,8 @@ from .artifacts import artifact_dir, commit_dir, config_hash, set_default
 from .errors import AccbenchError
 from .train_data import split_held_out, token_chunks
 
-# Sized for a 2-core CPU: ~3 min trunk pass over 1000 windows (128k tokens), ~12 min of steps on
-# smollm2-135m (80 windows / 80 steps, the first defaults, gave head-2 top-1 0.11: far too little).
+# Sized for a 2-core CPU: on smollm2-135m 9.0 min in all (trunk pass over 1000 windows of 128
+# tokens: 3:04). 80 windows / 80 steps, the first defaults, gave head-2 top-1 0.11: far too little.
 DEFAULTS = {"steps": 500, "batch_size": 8, "seq_len": 128, "lr": 1e-3, "windows": 1000}
 
 
@@ -361,65 +361,73 @@ def train_mtp(req, console) -> Path:
         stopped_early = False
         with progress:
             task = progress.add_task("training MTP heads", total=steps, completed=start, info="")
-            for step in range(start, steps):
-                f = lr_at(step)
-                for g_ in opt.param_groups:
-                    g_["lr"] = g_["initial_lr"] * f
-                idx = order[step]
-                if feats is not None:
-                    ids, valid = feats["ids"][idx].to(device), feats["valid"][idx].to(device)
-                    h = feats["h"][idx].to(device)
-                    tself = feats["teacher"][idx].to(device) if req.targets == "self" else None
-                else:
-                    ids, valid = _pad([train[i] for i in idx], pad_id, device)
-                    tself = None
-                    if req.targets == "self":
+            try:
+                for step in range(start, steps):
+                    f = lr_at(step)
+                    for g_ in opt.param_groups:
+                        g_["lr"] = g_["initial_lr"] * f
+                    idx = order[step]
+                    if feats is not None:
+                        ids, valid = feats["ids"][idx].to(device), feats["valid"][idx].to(device)
+                        h = feats["h"][idx].to(device)
+                        tself = feats["teacher"][idx].to(device) if req.targets == "self" else None
+                    else:
+                        ids, valid = _pad([train[i] for i in idx], pad_id, device)
+                        tself = None
+                        if req.targets == "self":
+                            with torch.no_grad():
+                                tself = teacher(input_ids=ids).logits.argmax(-1)
+                        model.model(input_ids=ids)
+                        h_graph = cap.h
+                        h = h_graph.detach().requires_grad_(True)
+                    T = ids.shape[1]
+                    pos = torch.arange(T, device=device)
+                    losses, accs = [], []
+                    if unfreeze:  # head 1: the model's own next-token loss
+                        tg = _targets(ids, valid, tself, 0)
+                        lg = _logits(model, h, None)
+                        F.cross_entropy(lg.flatten(0, 1).float(), tg.flatten(), ignore_index=-100).backward()
+                        del lg
+                    for j in range(n_extra):
+                        d = j + 1
+                        out = heads(h, pos, only=j)[0][:, : T - d]
+                        lg = _logits(model, out, w_sub)
+                        tg = _targets(ids, valid, tself, d)
+                        if remap is not None:
+                            tg = torch.where(tg >= 0, remap[tg.clamp_min(0)], tg)
+                        loss = F.cross_entropy(lg.flatten(0, 1).float(), tg.flatten(), ignore_index=-100)
+                        loss.backward()
                         with torch.no_grad():
-                            tself = teacher(input_ids=ids).logits.argmax(-1)
-                    model.model(input_ids=ids)
-                    h_graph = cap.h
-                    h = h_graph.detach().requires_grad_(True)
-                T = ids.shape[1]
-                pos = torch.arange(T, device=device)
-                losses, accs = [], []
-                if unfreeze:  # head 1: the model's own next-token loss
-                    tg = _targets(ids, valid, tself, 0)
-                    lg = _logits(model, h, None)
-                    F.cross_entropy(lg.flatten(0, 1).float(), tg.flatten(), ignore_index=-100).backward()
-                    del lg
-                for j in range(n_extra):
-                    d = j + 1
-                    out = heads(h, pos, only=j)[0][:, : T - d]
-                    lg = _logits(model, out, w_sub)
-                    tg = _targets(ids, valid, tself, d)
-                    if remap is not None:
-                        tg = torch.where(tg >= 0, remap[tg.clamp_min(0)], tg)
-                    loss = F.cross_entropy(lg.flatten(0, 1).float(), tg.flatten(), ignore_index=-100)
-                    loss.backward()
-                    with torch.no_grad():
-                        ok = tg != -100
-                        accs.append(float(((lg.argmax(-1) == tg) & ok).sum()) / max(1, int(ok.sum())))
-                    losses.append(float(loss.detach()))
-                    del lg, out
-                if unfreeze:
-                    h_graph.backward(h.grad)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                torch.nn.utils.clip_grad_norm_(heads.parameters(), 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                history.append({"step": step + 1, "loss": losses, "acc": accs})
-                info = "loss " + " ".join(f"{x:.2f}" for x in losses) + " | acc " + " ".join(f"{a:.2f}" for a in accs)
-                progress.update(task, advance=1, info=info)
-                if not console.is_terminal and ((step + 1) % ckpt_every == 0 or step + 1 == steps):
-                    console.print(f"step {step + 1}/{steps} {time.perf_counter() - t0:.0f}s {info}")
-                if (step + 1) % ckpt_every == 0 and step + 1 < steps:
-                    save_ckpt(step + 1)
-                if max_minutes and (time.perf_counter() - t0) > 60 * max_minutes and step + 1 < steps:
-                    save_ckpt(step + 1)
-                    stopped_early = True
-                    console.print(f"[yellow]stopping after {max_minutes} min at step {step + 1}/{steps}; the "
-                                  "checkpoint is kept (rerun to continue); committing the heads trained so far[/yellow]")
-                    break
+                            ok = tg != -100
+                            accs.append(float(((lg.argmax(-1) == tg) & ok).sum()) / max(1, int(ok.sum())))
+                        losses.append(float(loss.detach()))
+                        del lg, out
+                    if unfreeze:
+                        h_graph.backward(h.grad)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    torch.nn.utils.clip_grad_norm_(heads.parameters(), 1.0)
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    history.append({"step": step + 1, "loss": losses, "acc": accs})
+                    info = "loss " + " ".join(f"{x:.2f}" for x in losses) + " | acc " + " ".join(f"{a:.2f}" for a in accs)
+                    progress.update(task, advance=1, info=info)
+                    if not console.is_terminal and ((step + 1) % ckpt_every == 0 or step + 1 == steps):
+                        console.print(f"step {step + 1}/{steps} {time.perf_counter() - t0:.0f}s {info}")
+                    if (step + 1) % ckpt_every == 0 and step + 1 < steps:
+                        save_ckpt(step + 1)
+                    if max_minutes and (time.perf_counter() - t0) > 60 * max_minutes and step + 1 < steps:
+                        save_ckpt(step + 1)
+                        stopped_early = True
+                        console.print(f"[yellow]stopping after {max_minutes} min at step {step + 1}/{steps}; the "
+                                      "checkpoint is kept (rerun to continue); committing the heads trained so far[/yellow]")
+                        break
+            except KeyboardInterrupt:  # Ctrl-C: keep every finished step, then stop as asked
+                done = history[-1]["step"] if history else start
+                if done > start:
+                    save_ckpt(done)
+                console.print(f"[yellow]interrupted at step {done}/{steps}; checkpoint kept ({ckpt}): rerun the "
+                              "same command to resume[/yellow]")
+                raise
     finally:
         cap.remove()
     train_s = time.perf_counter() - t0

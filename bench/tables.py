@@ -20,11 +20,17 @@ def _interval(v, lo, hi, suffix="x"):
     return f"{v:.2f}{suffix} [{lo:.2f}, {hi:.2f}]"
 
 
+def _has_acceptance(v) -> bool:
+    """The summary writes acceptance per draft position as "0.62;0.41;..." and "" (or, read
+    back from CSV, NaN) for a method that drafts nothing."""
+    return isinstance(v, str) and v != ""
+
+
 def _acceptance(v, shown: int = 5) -> str:
-    """Acceptance per draft position ("0.62;0.41;...") as "0.62 0.41 ..." (first ``shown``)."""
-    if v is None or (isinstance(v, float) and math.isnan(v)) or str(v) == "":
+    """"0.62;0.41;..." as "0.62 0.41 ..." (the first ``shown`` positions)."""
+    if not _has_acceptance(v):
         return "-"
-    parts = [x for x in str(v).split(";") if x]
+    parts = v.split(";")
     return " ".join(f"{float(x):.2f}" for x in parts[:shown]) + (" …" if len(parts) > shown else "")
 
 
@@ -45,8 +51,7 @@ def summary_tables(frame: pd.DataFrame) -> list[Table]:
         show_ttft_sp = pruning or (plen is not None and not (isinstance(plen, float) and math.isnan(plen)))
         cols = ["method", "n", "tok/s", "speedup vs AR [95% CI]", "TTFT s"]
         cols += ["TTFT speedup [95% CI]"] if show_ttft_sp else []
-        drafts = "acceptance" in grp.columns and bool(
-            grp["acceptance"].map(lambda v: isinstance(v, str) and v != "").any())
+        drafts = "acceptance" in grp.columns and bool(grp["acceptance"].map(_has_acceptance).any())
         cols += ["TPOT ms", "tau"] + (["accept/pos"] if drafts else []) + (["computed", "revivals"] if pruning else [])
         for col in cols:
             t.add_column(col, justify="left" if col == "method" else "right")

@@ -208,6 +208,35 @@ def test_training_resumes_exactly(tmp_path, monkeypatch):
         torch.testing.assert_close(resumed[k], full[k], atol=1e-6, rtol=1e-5)
 
 
+def test_ctrl_c_keeps_finished_steps_and_resumes_exactly(tmp_path, monkeypatch):
+    import pytest
+    from accbench import mtp_train
+    from rich.console import Console
+
+    monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path / "a"))
+    full = _heads_state(mtp_train.train_mtp(_request(tmp_path, 7, n=2, ckpt_every=100), Console(quiet=True)))
+    # Ctrl-C inside the 4th step (n=2: one cross-entropy per step), long before any periodic checkpoint
+    monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path / "b"))
+    real, calls = mtp_train.F.cross_entropy, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(mtp_train.F, "cross_entropy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        mtp_train.train_mtp(_request(tmp_path, 7, n=2, ckpt_every=100), Console(quiet=True))
+    ckpts = list((tmp_path / "b").rglob("*.ckpt"))
+    assert len(ckpts) == 1 and json.loads((ckpts[0] / "state.json").read_text())["step"] == 3
+    monkeypatch.setattr(mtp_train.F, "cross_entropy", real)
+    resumed = _heads_state(mtp_train.train_mtp(_request(tmp_path, 7, n=2, ckpt_every=100), Console(quiet=True)))
+    assert resumed.keys() == full.keys()
+    for k in full:
+        torch.testing.assert_close(resumed[k], full[k], atol=1e-6, rtol=1e-5)
+
+
 def test_unfreeze_saves_a_runnable_fine_tuned_model(tmp_path, monkeypatch):
     from accbench.models import load_model
     from accbench.mtp_train import train_mtp
