@@ -64,6 +64,8 @@ def _summary_sections(rs: RunSet):
         kshow = min(kmax, 3)
         cols = ["method", "n", "tok/s", "speedup vs AR [95% CI]", "TTFT ms", "TPOT ms", "tau", "tokens/forward"]
         cols += [f"accept@{k + 1}" for k in range(kshow)]
+        draft_time = "draft_share" in grp.columns and grp["draft_share"].notna().any()
+        cols += ["draft time %"] if draft_time else []
         cols += [f"{c[2:]} (Δ vs AR)" for c in qs] + ["match AR"]
         rows = []
         for _, r in grp.iterrows():
@@ -78,6 +80,9 @@ def _summary_sections(rs: RunSet):
             for k in range(kshow):
                 v = float(acc[k]) if k < len(acc) and acc[k] not in ("", "nan") else float("nan")
                 line.append(cell(v, "{:.2f}"))
+            if draft_time:
+                share = r.get("draft_share")
+                line.append(cell(share * 100 if finite(share) else None, "{:.1f}"))
             for c in qs:
                 v = r[c]
                 d = r.get(f"d_{c[2:]}")

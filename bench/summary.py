@@ -73,6 +73,13 @@ def summarize(rows: list[dict[str, Any]], baseline: str = "ar") -> pd.DataFrame:
                 accepted[k] += a
         line["acceptance"] = ";".join(
             f"{accepted[k] / drafted[k]:.3f}" if drafted[k] else "nan" for k in sorted(drafted))
+        # drafting vs verifying: decode-phase seconds the method reports (speculative methods)
+        timed = [r["extra"] for r in rs if "draft_s" in (r.get("extra") or {})]
+        if timed:
+            line["draft_s"] = float(sum(e["draft_s"] for e in timed))
+            line["verify_s"] = float(sum(e.get("verify_s", 0.0) for e in timed))
+            spent = line["draft_s"] + line["verify_s"]
+            line["draft_share"] = line["draft_s"] / spent if spent > 0 else float("nan")
         # quality: mean of each metric over samples that have it
         metrics: dict[str, list[float]] = defaultdict(list)
         for r in rs:

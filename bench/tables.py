@@ -52,7 +52,9 @@ def summary_tables(frame: pd.DataFrame) -> list[Table]:
         cols = ["method", "n", "tok/s", "speedup vs AR [95% CI]", "TTFT s"]
         cols += ["TTFT speedup [95% CI]"] if show_ttft_sp else []
         drafts = "acceptance" in grp.columns and bool(grp["acceptance"].map(_has_acceptance).any())
-        cols += ["TPOT ms", "tau"] + (["accept/pos"] if drafts else []) + (["computed", "revivals"] if pruning else [])
+        draft_time = "draft_share" in grp.columns and grp["draft_share"].notna().any()
+        cols += ["TPOT ms", "tau"] + (["accept/pos"] if drafts else []) + (["draft time"] if draft_time else [])
+        cols += ["computed", "revivals"] if pruning else []
         for col in cols:
             t.add_column(col, justify="left" if col == "method" else "right")
         qs = [c for c in qcols if grp[c].notna().any()]
@@ -70,6 +72,8 @@ def summary_tables(frame: pd.DataFrame) -> list[Table]:
             cells += [_f(r["tpot_s"] * 1000 if r["tpot_s"] == r["tpot_s"] else None, "{:.1f}"), _f(r["tau"])]
             if drafts:
                 cells.append(_acceptance(r.get("acceptance")))
+            if draft_time:
+                cells.append(_f(r.get("draft_share"), "{:.1%}"))
             if pruning:
                 cells += [_f(r.get("computed_frac"), "{:.0%}"), _f(r.get("revivals"), "{:.1f}")]
             for c in qs:

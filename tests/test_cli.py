@@ -238,3 +238,32 @@ def test_table_shows_acceptance_per_draft_position():
     for t in summary_tables(pd.DataFrame([{**base, "method": "ar", "acceptance": ""}])):
         console.print(t)
     assert "accept/pos" not in console.export_text()
+
+
+def test_summary_and_table_report_draft_vs_verify_time():
+    from accbench.summary import summarize
+    from accbench.tables import summary_tables
+    from rich.console import Console
+
+    def row(method, sid, total, extra=None, drafted=None, accepted=None):
+        return {"model": "m", "device": "cpu", "dtype": "float32", "suite": "mbpp", "prompt_length": None,
+                "sample_id": sid, "method": method, "n_new": 10, "ttft_s": 0.1, "total_s": total, "tpot_s": 0.05,
+                "forward_passes": 10 if method == "ar" else 5, "tokens_per_step": [1] * 10 if method == "ar" else [1, 3, 2, 2, 2],
+                "drafted": drafted or [], "accepted": accepted or [], "quality": {}, "exact_match_ar": None
+                if method == "ar" else True, "extra": extra or {}}
+
+    rows = [row("ar", "1", 1.0), row("ar", "2", 1.0),
+            row("pld", "1", 0.8, {"draft_s": 0.01, "verify_s": 0.69}, [4, 4], [3, 1]),
+            row("pld", "2", 0.8, {"draft_s": 0.03, "verify_s": 0.67}, [4, 4], [1, 1])]
+    frame = summarize(rows).set_index("method")
+    assert frame.loc["pld", "draft_s"] == pytest.approx(0.04)
+    assert frame.loc["pld", "verify_s"] == pytest.approx(1.36)
+    assert frame.loc["pld", "draft_share"] == pytest.approx(0.04 / 1.40)
+    assert frame.loc["pld", "acceptance"] == "0.500;0.250"
+    assert frame.loc["ar"].isna()["draft_share"]
+    console = Console(width=250, record=True)
+    for t in summary_tables(frame.reset_index()):
+        console.print(t)
+    text = console.export_text()
+    assert "draft time" in text
+    assert "2.9%" in text  # 0.04 / 1.40

@@ -87,6 +87,10 @@ def test_report_numbers_trace_to_samples(report_dir, tiny_runs):
         line = next(ln for ln in md.splitlines() if ln.startswith(f"| {method} | {len(rs)} |")
                     and f"| {tps:.3g} |" in ln)
         assert f"| {toks / steps:.3f} |" in line
+        if method == "pld":  # draft time as a share of decode time, from the rows' extras
+            draft = sum(r["extra"]["draft_s"] for r in rs)
+            share = draft / (draft + sum(r["extra"]["verify_s"] for r in rs))
+            assert f"| {share * 100:.1f} |" in line
     summary = (report_dir / "summary.csv").read_text()
     assert "tiny-random-llama" in summary
 
