@@ -15,10 +15,10 @@ from .errors import AccbenchError
 
 
 def _console() -> Console:
-    """The terminal's console; 160 columns when output goes to a file or a CI log, so wide
-    tables keep their headers instead of being squeezed to 80 columns."""
+    """The terminal's console; 200 columns when output goes to a file or a CI log, so wide
+    tables and progress lines keep their cells instead of being squeezed to 80 columns."""
     c = Console()
-    return c if c.is_terminal else Console(width=160)
+    return c if c.is_terminal else Console(width=200)
 
 
 def _split(values: tuple[str, ...] | str | None) -> list[str]:
@@ -266,15 +266,15 @@ def train(method, model, steps, batch_size, lr, seq_len, sources, text_files, ta
                        sources=sources, text_files=text_files, targets=targets, dtype=dtype, device=device,
                        data_dir=data_dir, restart=restart, seed=seed, options=_key_values(options))
     try:
-        cls.train(req, Console())
+        cls.train(req, _console())
     except KeyboardInterrupt:
-        Console().print("[yellow]Interrupted.[/yellow] The last checkpoint is kept; rerun the same command to resume.")
+        _console().print("[yellow]Interrupted.[/yellow] The last checkpoint is kept; rerun the same command to resume.")
         sys.exit(130)
 
 
 def _tune(method, model, dtype, device, data_dir, options) -> None:
     cls = _method_class(method, "tune")
-    cls.tune(dict(model=model, dtype=dtype, device=device, data_dir=data_dir, **_key_values(options)), Console())
+    cls.tune(dict(model=model, dtype=dtype, device=device, data_dir=data_dir, **_key_values(options)), _console())
 
 
 _tune_options = [

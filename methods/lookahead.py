@@ -270,7 +270,7 @@ class LookaheadDecoder(DecoderBase):
         ctx = prompt + tokens if self.opts["output_pool"] else None
         ctx_done = max(0, len(ctx) - N + 1) if ctx is not None else 0  # n-grams starting before: pooled
         iters = 0  # Jacobi iterations so far
-        block_sum = 0
+        blocks: dict[int, int] = {}  # verification block size -> decode steps
         draft_s += clock.elapsed() - t_draft
 
         while hit is None and len(tokens) < max_new_tokens:
@@ -284,7 +284,7 @@ class LookaheadDecoder(DecoderBase):
             for c in cands:
                 block += c
             n = len(block)
-            block_sum += n
+            blocks[n] = blocks.get(n, 0) + 1
             block_t = torch.tensor([block], device=device)
             draft_s += clock.elapsed() - t_draft
 
@@ -329,7 +329,7 @@ class LookaheadDecoder(DecoderBase):
             lossless=self.is_lossless, finish_reason=hit[1] if hit else "length",
             extra={"draft_s": draft_s, "verify_s": total - ttft - draft_s, "W": W, "N": N, "G": G,
                    "params": self.params_source, "block_size": layout_block_size(W, N, G),
-                   "mean_block": block_sum / max(1, forwards - 1)},
+                   "mean_block": sum(b * c for b, c in blocks.items()) / max(1, forwards - 1), "blocks": blocks},
         )
 
     # -- tuning ------------------------------------------------------------------------

@@ -334,6 +334,7 @@ class MTPDecoder(DecoderBase):
         drafted = [0] * k_max
         accepted = [0] * k_max
         draft_s = 0.0
+        blocks: dict[int, int] = {}  # verification block size -> decode steps
         cache = make_cache(model)
         hcache = self.heads.make_cache()
         clock = Clock(device)
@@ -356,17 +357,18 @@ class MTPDecoder(DecoderBase):
                 block = torch.tensor([[tokens[-1]] + draft], device=device)
                 logits, _ = block_forward(model, cache, block, depths[: k + 1], causal[: k + 1, : k + 1])
                 forwards += 1
+                blocks[k + 1] = blocks.get(k + 1, 0) + 1
                 pred = sample_from_logits(logits, sampling, gen).tolist()
                 a = 0
                 while a < k and draft[a] == pred[a]:
                     a += 1
-                for pos in range(k):
-                    drafted[pos] += 1
-                    accepted[pos] += pos < a
                 crop_cache(cache, prefix + 1 + a)
                 new_h, new_pos = capture.h[:, : a + 1], all_pos[prefix : prefix + 1 + a]
                 n_c, hit = commit(tokens, draft[:a] + [pred[a]], stopper, max_new_tokens)
                 steps.append(n_c)
+                for pos in range(k):  # drafts cut by a stop or the budget are not counted as accepted
+                    drafted[pos] += 1
+                    accepted[pos] += pos < min(a, n_c)
             total = clock.elapsed()
         finally:
             capture.remove()
@@ -376,7 +378,8 @@ class MTPDecoder(DecoderBase):
             tokens=tokens, ttft_s=ttft, total_s=total, forward_passes=forwards, tokens_per_step=steps,
             drafted=drafted[:last], accepted=accepted[:last], lossless=self.is_lossless,
             finish_reason=hit[1] if hit else "length",
-            extra={"draft_s": draft_s, "verify_s": total - ttft - draft_s},
+            extra={"draft_s": draft_s, "verify_s": total - ttft - draft_s,
+                   "mean_block": sum(b * c for b, c in blocks.items()) / max(1, forwards - 1), "blocks": blocks},
         )
 
     # -- training (bench/mtp_train.py) ---------------------------------------------------

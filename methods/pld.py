@@ -61,7 +61,7 @@ class PromptLookupDecoder(DecoderBase):
         drafted = [0] * k_max
         accepted = [0] * k_max
         draft_s = 0.0
-        block_sum = 0
+        blocks: dict[int, int] = {}  # verification block size -> decode steps
         cache = make_cache(model)
         clock = Clock(device)
 
@@ -78,7 +78,7 @@ class PromptLookupDecoder(DecoderBase):
             draft = index.draft(seq, min(k_max, max_new_tokens - len(tokens) - 1))
             draft_s += clock.elapsed() - t_draft
             k = len(draft)
-            block_sum += k + 1
+            blocks[k + 1] = blocks.get(k + 1, 0) + 1
             prefix = n_prompt + len(tokens) - 1  # cached positions: all but the last committed token
             block = torch.tensor([[tokens[-1]] + draft], device=device)
             if k:
@@ -106,5 +106,5 @@ class PromptLookupDecoder(DecoderBase):
             drafted=drafted[:last], accepted=accepted[:last], lossless=self.is_lossless,
             finish_reason=hit[1] if hit else "length",
             extra={"draft_s": draft_s, "verify_s": total - ttft - draft_s,
-                   "mean_block": block_sum / max(1, forwards - 1)},
+                   "mean_block": sum(b * c for b, c in blocks.items()) / max(1, forwards - 1), "blocks": blocks},
         )

@@ -76,6 +76,10 @@ def test_mtp_stops_inside_an_accepted_run(fixture, request):
     assert rec.tokens == ref[: cut + 1] and rec.finish_reason == "eos"
     assert sum(rec.tokens_per_step) == rec.n_new
     assert rec.tau > 2.0  # the oracle's runs were accepted: the stop really fell inside one
+    # drafts after the stop are not counted as accepted: every step but the last adds one bonus token
+    steps = len(rec.tokens_per_step) - 1
+    assert sum(rec.accepted) <= (rec.n_new - 1) - (steps - 1)
+    assert sum(rec.extra["blocks"].values()) == steps
     # a stop string spanning tokens inside an accepted run
     stop = tok.decode(ref[20:22])
     a = ar.generate(ids, 48, StopChecker(tok, [stop], []))

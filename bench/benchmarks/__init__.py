@@ -1,0 +1,36 @@
+"""Benchmark scripts (``python -m accbench.benchmarks.NAME --help``) and what they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class BenchPrompt:
+    suite: str
+    sample_id: str
+    ids: list[int]
+    stopper: Any  # accbench.methods.StopChecker
+
+
+def bench_prompts(tokenizer, suites: str, n: int, eos_ids, *, prompt_format: str = "auto",
+                  data_dir: str | None = None) -> list[BenchPrompt]:
+    """The first ``n`` evaluation prompts of each suite, encoded exactly as ``accbench run``
+    encodes them (``auto``: the suite's own format, raw few-shot for MBPP, chat for
+    summarization), each with the suite's stop rule."""
+    from accbench import suites as suite_registry
+    from accbench.methods import StopChecker
+    from accbench.runner import encode_prompt, suite_format
+
+    out = []
+    for name in [s.strip() for s in suites.split(",") if s.strip()]:
+        suite = suite_registry.build(name, data_dir=data_dir)
+        fmt = suite_format(prompt_format, suite)
+        stopper = StopChecker(tokenizer, suite.stop, eos_ids)
+        for sample in suite.samples(limit=n):
+            out.append(BenchPrompt(name, str(sample.id), encode_prompt(tokenizer, sample.prompt, fmt), stopper))
+    return out
+
+
+PROMPT_FORMAT_HELP = "auto: each suite's own format, as `accbench run` uses it (raw for MBPP, chat for CNN/DM)."

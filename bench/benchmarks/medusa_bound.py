@@ -21,11 +21,10 @@ import statistics
 
 import click
 import torch
-from accbench import suites as suite_registry
+from accbench.benchmarks import PROMPT_FORMAT_HELP, bench_prompts
 from accbench.costs import forward_cost, speedup_bound
-from accbench.methods import StopChecker, get
+from accbench.methods import get
 from accbench.models import load_model
-from accbench.runner import encode_prompt
 from accbench.stats import bootstrap_median, first_divergence, paired_ratio
 from rich.console import Console
 from rich.table import Table
@@ -39,11 +38,14 @@ from rich.table import Table
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--trees", default="default,greedy63", show_default=True,
               help="Comma-separated trees: default (the tuned one), greedyN, chain, or a JSON list (alone).")
+@click.option("--prompt-format", type=click.Choice(["auto", "raw", "chat"]), default="auto", show_default=True,
+              help=PROMPT_FORMAT_HELP)
 @click.option("--cost-repeats", type=int, default=7, show_default=True)
 @click.option("--dtype", default=None, help="Default: float32 on CPU, bfloat16 on CUDA.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cpu).")
 @click.option("--data-dir", default=None)
-def main(model, method, suites, n, max_new_tokens, trees, cost_repeats, dtype, device, data_dir) -> None:
+def main(model, method, suites, n, max_new_tokens, trees, prompt_format, cost_repeats, dtype, device,
+         data_dir) -> None:
     console = Console()
     if not console.is_terminal:
         console = Console(width=170)
@@ -54,12 +56,8 @@ def main(model, method, suites, n, max_new_tokens, trees, cost_repeats, dtype, d
     for spec in tree_specs:
         dec = get(method)(lm.model, lm.tokenizer, model_name=lm.name, tree=spec)
         decs[f"{spec} ({dec.tree_label}, {dec.tree.size} tok)"] = dec
-    prompts = []
-    for s in [x.strip() for x in suites.split(",") if x.strip()]:
-        suite = suite_registry.build(s, data_dir=data_dir)
-        stopper = StopChecker(lm.tokenizer, suite.stop, ar.eos_ids)
-        for sample in suite.samples(limit=n):
-            prompts.append((s, encode_prompt(lm.tokenizer, sample.prompt, "raw"), stopper))
+    prompts = [(p.suite, p.ids, p.stopper) for p in
+               bench_prompts(lm.tokenizer, suites, n, ar.eos_ids, prompt_format=prompt_format, data_dir=data_dir)]
     # warmup (not recorded)
     ar.generate(prompts[0][1], 16, prompts[0][2])
     for d in decs.values():

@@ -4,7 +4,7 @@
 
 For each prompt, AR, our ``pld`` and ``model.generate(..., prompt_lookup_num_tokens=K,
 max_matching_ngram_size=M, do_sample=False)`` run back to back (the order rotates per prompt),
-greedy, same budget and stop rule. Prints per suite whether both PLD outputs equal AR's tokens,
+greedy, same budget and stop rule, prompts encoded as `accbench run` encodes them. Prints per suite whether both PLD outputs equal AR's tokens,
 each side's tau-free tokens/s, and the ratio ours / transformers (per-prompt median with a
 bootstrap interval, and the ratio of totals). Goal: >= 1.0.
 """
@@ -15,10 +15,9 @@ import time
 
 import click
 import torch
-from accbench import suites as suite_registry
+from accbench.benchmarks import PROMPT_FORMAT_HELP, bench_prompts
 from accbench.methods import StopChecker, get
 from accbench.models import load_model
-from accbench.runner import encode_prompt
 from accbench.stats import bootstrap_median, first_divergence
 from rich.console import Console
 from rich.table import Table
@@ -45,10 +44,12 @@ def hf_prompt_lookup(model, ids: torch.Tensor, budget: int, eos: list[int], stop
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--k", "k", type=int, default=10, show_default=True, help="Draft tokens (prompt_lookup_num_tokens).")
 @click.option("--max-ngram", type=int, default=3, show_default=True, help="Largest n-gram matched (both sides).")
+@click.option("--prompt-format", type=click.Choice(["auto", "raw", "chat"]), default="auto", show_default=True,
+              help=PROMPT_FORMAT_HELP)
 @click.option("--dtype", default=None)
 @click.option("--device", default=None)
 @click.option("--data-dir", default=None)
-def main(model, suites, n, max_new_tokens, k, max_ngram, dtype, device, data_dir):
+def main(model, suites, n, max_new_tokens, k, max_ngram, prompt_format, dtype, device, data_dir):
     console = Console(width=200)
     loaded = load_model(model, dtype=dtype, device=device, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     ar = get("ar")(loaded.model, loaded.tokenizer)
@@ -60,10 +61,9 @@ def main(model, suites, n, max_new_tokens, k, max_ngram, dtype, device, data_dir
               "ours/HF (median [95% CI])", "ours/HF totals", "ours/AR totals"):
         table.add_column(c, justify="right")
     for suite_name in suites.split(","):
-        suite = suite_registry.build(suite_name, data_dir=data_dir)
-        stopper = StopChecker(loaded.tokenizer, suite.stop, eos)
-        samples = list(suite.samples(limit=n))
-        w = encode_prompt(loaded.tokenizer, samples[0].prompt, "raw")
+        samples = bench_prompts(loaded.tokenizer, suite_name, n, eos, prompt_format=prompt_format, data_dir=data_dir)
+        stopper = samples[0].stopper
+        w = samples[0].ids
         ar.generate(w, 16, stopper)  # warm every path once
         pld.generate(w, 16, stopper)
         hf_prompt_lookup(loaded.model, torch.tensor([w], device=loaded.device), 16, eos, stopper, k, max_ngram)
@@ -72,7 +72,7 @@ def main(model, suites, n, max_new_tokens, k, max_ngram, dtype, device, data_dir
         t = {"ar": 0.0, "ours": 0.0, "hf": 0.0}
         cnt = {"ar": 0, "ours": 0, "hf": 0}
         for i, s in enumerate(samples):
-            ids = encode_prompt(loaded.tokenizer, s.prompt, "raw")
+            ids = s.ids
             tid = torch.tensor([ids], device=loaded.device)
             runs = {}
             order = ["ar", "ours", "hf"]
@@ -96,7 +96,7 @@ def main(model, suites, n, max_new_tokens, k, max_ngram, dtype, device, data_dir
                     ok_ours += who == "ours"
                     ok_hf += who == "hf"
                 else:
-                    console.print(f"[red]{suite_name}/{s.id}: {who} differs from AR at token {div}[/red]")
+                    console.print(f"[red]{suite_name}/{s.sample_id}: {who} differs from AR at token {div}[/red]")
             (to, do), (th, dh) = runs["ours"], runs["hf"]
             ratios.append((len(to) / do) / (len(th) / dh))
         tps = {w_: cnt[w_] / t[w_] for w_ in t}
