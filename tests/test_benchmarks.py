@@ -57,6 +57,19 @@ def test_block_counts_match_the_steps_and_drafts(tiny_llama):
     assert _block_counts([rec, rec]) == {k: 2 * c for k, c in blocks.items()}
 
 
+def test_mtp_bound_passes_its_head_options_through(tiny_llama):
+    from accbench.benchmarks import mtp_bound
+
+    res = CliRunner().invoke(mtp_bound.main, [
+        "--model", "tiny-random-llama", "--heads", "random", "--num-draft", "2", "--suites", "mbpp", "--n", "1",
+        "--max-new-tokens", "10", "--cost-repeats", "1"])
+    assert res.exit_code == 0, res.output
+    rows = [[c.strip() for c in ln.split("│")[1:-1]] for ln in res.output.splitlines() if ln.count("│") > 5]
+    assert [r[:3] for r in rows] == [["mtp", "mbpp", "1/1"]]
+    assert len(rows[0][4].split()) == 2  # acceptance for 2 draft positions: --num-draft reached the decoder
+    assert 2.0 < float(rows[0][6]) <= 3.0  # blocks: the current token + at most 2 drafts (fewer near the budget)
+
+
 @pytest.mark.parametrize("script", ["mtp_bound", "speculative_bound", "pld_vs_transformers", "medusa_bound"])
 def test_benchmark_help(script):
     import importlib
@@ -64,3 +77,11 @@ def test_benchmark_help(script):
     mod = importlib.import_module(f"accbench.benchmarks.{script}")
     res = CliRunner().invoke(mod.main, ["--help"])
     assert res.exit_code == 0 and "--model" in res.output
+
+
+def test_forward_cost_measures_each_k_once(tiny_llama):
+    from accbench.costs import forward_cost
+
+    costs = forward_cost(tiny_llama.model, [1, 4, 4, 2], prefix_len=16, repeats=2, warmup=1)
+    assert list(costs) == [1, 4, 2]
+    assert all(v > 0 for v in costs.values())
