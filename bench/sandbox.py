@@ -723,11 +723,9 @@ def _blocking_ancestor(path: str, uid: int, gid: int) -> str | None:
     return None
 
 
-def _interpreter_hides(uid: int, gid: int) -> list[tuple[str, list[str]]]:
-    """[(dir the uid cannot enter, [interpreter dirs below it to bind back read-only])]."""
-    key = (uid, gid)
-    if key in _plan_cache:
-        return _plan_cache[key]
+def _interpreter_dirs() -> list[str]:
+    """The interpreter's own directories (executable, prefixes, stdlib, site-packages),
+    resolved, outermost only."""
     import sysconfig
 
     cands = {os.path.dirname(os.path.realpath(sys.executable))}
@@ -739,9 +737,16 @@ def _interpreter_hides(uid: int, gid: int) -> list[tuple[str, list[str]]]:
         except KeyError:
             pass
     real = sorted({os.path.realpath(p) for p in cands if p and os.path.isdir(p)})
-    real = [p for p in real if not any(q != p and _is_under(p, q) for q in real)]
+    return [p for p in real if not any(q != p and _is_under(p, q) for q in real)]
+
+
+def _interpreter_hides(uid: int, gid: int) -> list[tuple[str, list[str]]]:
+    """[(dir the uid cannot enter, [interpreter dirs below it to bind back read-only])]."""
+    key = (uid, gid)
+    if key in _plan_cache:
+        return _plan_cache[key]
     hides: dict[str, list[str]] = {}
-    for p in real:
+    for p in _interpreter_dirs():
         anc = _blocking_ancestor(p, uid, gid)
         if anc is not None:
             hides.setdefault(anc, []).append(p)
@@ -781,7 +786,10 @@ def _mount_plan(
         if any(_is_under(d, anc) for anc, _ in hides):
             continue
         opts = f"mode=1777,size={max(1, limits.max_file_mb)}m,nr_inodes=1024".encode()
-        plan.append((d, opts, [(work, False)] if _is_under(work, d) else []))
+        exposes = [(work, False)] if _is_under(work, d) else []
+        # an interpreter (a virtualenv, say) living under /tmp stays reachable, read-only
+        exposes += [(p, True) for p in _interpreter_dirs() if _is_under(p, d)]
+        plan.append((d, opts, exposes))
     plan.sort(key=lambda t: t[0].count("/"))
     return [(mp.encode(), opts, exp) for mp, opts, exp in plan]
 

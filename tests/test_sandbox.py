@@ -443,3 +443,17 @@ def test_run_many_preserves_order():
     assert time.monotonic() - t0 < WALL * 2
     assert run_many([], LIMITS) == []
     assert wait_no_leftovers() == []
+
+
+def test_an_interpreter_under_tmp_is_bound_back_read_only(monkeypatch, tmp_path):
+    """The scratch tmpfs over /tmp must not hide the interpreter: a virtualenv created under
+    /tmp (a CI checkout there, say) is bound back read-only, next to the sandbox directory."""
+    scratch = os.path.realpath("/tmp")
+    venv = os.path.join(scratch, "some-checkout", ".venv")
+    work = os.path.join(scratch, "accbench-sandbox-x")
+    monkeypatch.setattr(sandbox, "_interpreter_dirs", lambda: ["/usr", venv])
+    monkeypatch.setattr(sandbox, "_interpreter_hides", lambda uid, gid: [])
+    plan = {mp.decode(): exposes for mp, _opts, exposes in sandbox._mount_plan(65000, 65000, work, SandboxLimits())}
+    assert scratch in plan
+    assert (work, False) in plan[scratch] and (venv, True) in plan[scratch]
+    assert all(p != "/usr" for exposes in plan.values() for p, _ in exposes)
