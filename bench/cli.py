@@ -54,7 +54,7 @@ def _json_object(value: str | None, flag: str) -> dict:
     return obj
 
 
-def _method_options(pairs: tuple[str, ...]) -> dict[str, dict]:
+def parse_method_options(pairs: tuple[str, ...]) -> dict[str, dict]:
     """``-o medusa1.tree=small -o lookahead.W=5`` -> {"medusa1": {"tree": "small"}, ...}."""
     out: dict[str, dict] = {}
     for p in pairs:
@@ -155,7 +155,7 @@ def run(methods, models, suites, limit, max_new_tokens, seed, temperature, top_p
         methods=_split(methods), models=model_list, suites=suite_list, out=out_path, limit=limit,
         max_new_tokens=max_new_tokens, seed=seed, dtype=dtype, device=device, repeats=repeats, warmup=warmup,
         temperature=temperature, top_p=top_p, prompt_format=prompt_format, data_dir=data_dir,
-        data_file=data_file, method_options=_method_options(options),
+        data_file=data_file, method_options=parse_method_options(options),
         prompt_lengths=_int_list(prompt_lengths, "--prompt-lengths"), train_missing=train_missing,
         executor=executor, address=address, ray_resources=_json_object(ray_resources, "--ray-resources"),
         ray_cpus=ray_cpus, retries=retries, device_label=device_label, device_map=device_map,

@@ -99,6 +99,7 @@ objects created beforehand (no imports, no locks), which is how ``run_many``'s t
 
 from __future__ import annotations
 
+import functools
 import os
 import selectors
 import shutil
@@ -723,7 +724,8 @@ def _blocking_ancestor(path: str, uid: int, gid: int) -> str | None:
     return None
 
 
-def _interpreter_dirs() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def _interpreter_dirs() -> tuple[str, ...]:
     """The interpreter's own directories (executable, prefixes, stdlib, site-packages),
     resolved, outermost only."""
     import sysconfig
@@ -737,7 +739,7 @@ def _interpreter_dirs() -> list[str]:
         except KeyError:
             pass
     real = sorted({os.path.realpath(p) for p in cands if p and os.path.isdir(p)})
-    return [p for p in real if not any(q != p and _is_under(p, q) for q in real)]
+    return tuple(p for p in real if not any(q != p and _is_under(p, q) for q in real))
 
 
 def _interpreter_hides(uid: int, gid: int) -> list[tuple[str, list[str]]]:

@@ -181,6 +181,12 @@ class Clock:
         return time.perf_counter() - self.t0
 
 
+def block_extra(blocks: dict[int, int]) -> dict[str, Any]:
+    """A drafting method's verification blocks, for ``GenerationRecord.extra``: ``blocks``
+    (block size -> decode steps) and their step-weighted mean ``mean_block``."""
+    return {"blocks": blocks, "mean_block": sum(k * c for k, c in blocks.items()) / max(1, sum(blocks.values()))}
+
+
 # --------------------------------------------------------------------------------------
 # The protocol
 # --------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from . import register
-from .base import Clock, DecoderBase, GenerationRecord, sample_from_logits
+from .base import Clock, DecoderBase, GenerationRecord, block_extra, sample_from_logits
 from .tree import accept_greedy, block_forward, commit, compact_cache, make_cache
 
 #: used when neither options nor a tuned default give W, N, G
@@ -329,7 +329,7 @@ class LookaheadDecoder(DecoderBase):
             lossless=self.is_lossless, finish_reason=hit[1] if hit else "length",
             extra={"draft_s": draft_s, "verify_s": total - ttft - draft_s, "W": W, "N": N, "G": G,
                    "params": self.params_source, "block_size": layout_block_size(W, N, G),
-                   "mean_block": sum(b * c for b, c in blocks.items()) / max(1, forwards - 1), "blocks": blocks},
+                   **block_extra(blocks)},
         )
 
     # -- tuning ------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from . import register
-from .base import Clock, DecoderBase, GenerationRecord, sample_from_logits
+from .base import Clock, DecoderBase, GenerationRecord, block_extra, sample_from_logits
 from .tree import block_forward, commit, crop_cache, logits_from_hidden, make_cache
 
 HEADS_FILE = "heads.safetensors"
@@ -366,9 +366,10 @@ class MTPDecoder(DecoderBase):
                 new_h, new_pos = capture.h[:, : a + 1], all_pos[prefix : prefix + 1 + a]
                 n_c, hit = commit(tokens, draft[:a] + [pred[a]], stopper, max_new_tokens)
                 steps.append(n_c)
-                for pos in range(k):  # drafts cut by a stop or the budget are not counted as accepted
+                a = min(a, n_c)  # drafts cut by a stop or the budget are not counted as accepted
+                for pos in range(k):
                     drafted[pos] += 1
-                    accepted[pos] += pos < min(a, n_c)
+                    accepted[pos] += pos < a
             total = clock.elapsed()
         finally:
             capture.remove()
@@ -379,7 +380,7 @@ class MTPDecoder(DecoderBase):
             drafted=drafted[:last], accepted=accepted[:last], lossless=self.is_lossless,
             finish_reason=hit[1] if hit else "length",
             extra={"draft_s": draft_s, "verify_s": total - ttft - draft_s,
-                   "mean_block": sum(b * c for b, c in blocks.items()) / max(1, forwards - 1), "blocks": blocks},
+                   **block_extra(blocks)},
         )
 
     # -- training (bench/mtp_train.py) ---------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import register
-from .base import Clock, DecoderBase, GenerationRecord, sample_from_logits
+from .base import Clock, DecoderBase, GenerationRecord, block_extra, sample_from_logits
 from .tree import block_forward, commit, crop_cache, make_cache
 
 
@@ -106,5 +106,5 @@ class PromptLookupDecoder(DecoderBase):
             drafted=drafted[:last], accepted=accepted[:last], lossless=self.is_lossless,
             finish_reason=hit[1] if hit else "length",
             extra={"draft_s": draft_s, "verify_s": total - ttft - draft_s,
-                   "mean_block": sum(b * c for b, c in blocks.items()) / max(1, forwards - 1), "blocks": blocks},
+                   **block_extra(blocks)},
         )

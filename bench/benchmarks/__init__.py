@@ -33,4 +33,14 @@ def bench_prompts(tokenizer, suites: str, n: int, eos_ids, *, prompt_format: str
     return out
 
 
+def decode_ratio(ar, rec) -> float | None:
+    """AR's decode-phase time over a method's for one prompt ((E2E - TTFT) each; the tokens/s
+    ratio when their lengths differ); None when either made fewer than two tokens."""
+    from accbench.stats import paired_ratio
+
+    if ar.n_new < 2 or rec.n_new < 2:
+        return None
+    return paired_ratio(ar.total_s - ar.ttft_s, ar.n_new - 1, rec.total_s - rec.ttft_s, rec.n_new - 1)
+
+
 PROMPT_FORMAT_HELP = "auto: each suite's own format, as `accbench run` uses it (raw for MBPP, chat for CNN/DM)."

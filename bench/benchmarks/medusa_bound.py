@@ -21,7 +21,7 @@ import statistics
 
 import click
 import torch
-from accbench.benchmarks import PROMPT_FORMAT_HELP, bench_prompts
+from accbench.benchmarks import PROMPT_FORMAT_HELP, bench_prompts, decode_ratio
 from accbench.costs import forward_cost, speedup_bound
 from accbench.methods import get
 from accbench.models import load_model
@@ -99,8 +99,7 @@ def main(model, method, suites, n, max_new_tokens, trees, prompt_format, cost_re
         tau = sum(sum(r.tokens_per_step[1:]) for r in rs) / max(1, steps)
         exact = sum(first_divergence(a.tokens, r.tokens) is None for a, r in zip(ar_runs, rs))
         e2e = bootstrap_median([paired_ratio(a.total_s, a.n_new, r.total_s, r.n_new) for a, r in zip(ar_runs, rs)])
-        dec_sp = bootstrap_median([paired_ratio(a.total_s - a.ttft_s, a.n_new - 1, r.total_s - r.ttft_s, r.n_new - 1)
-                                   for a, r in zip(ar_runs, rs) if a.n_new > 1 and r.n_new > 1])
+        dec_sp = bootstrap_median([x for a, r in zip(ar_runs, rs) if (x := decode_ratio(a, r)) is not None])
         c_rel = costs[dec.tree.size] / costs[1]
         bound = speedup_bound(tau, costs[1], costs[dec.tree.size])
         draft = sum(r.extra["draft_s"] for r in rs) / max(1e-9, sum(r.total_s - r.ttft_s for r in rs))

@@ -16,7 +16,7 @@ from accbench.benchmarks import speculative_bound
 
 def _run(heads, num_draft, options=(), **kw):
     opts = tuple(options) + ((f"mtp.heads={heads}",) if heads else ()) + \
-        ((f"mtp.num_draft={num_draft}",) if num_draft else ())
+        ((f"mtp.num_draft={num_draft}",) if num_draft is not None else ())
     click.get_current_context().invoke(speculative_bound.main, methods="mtp", options=opts, **kw)
 
 

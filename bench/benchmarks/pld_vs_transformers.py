@@ -4,9 +4,10 @@
 
 For each prompt, AR, our ``pld`` and ``model.generate(..., prompt_lookup_num_tokens=K,
 max_matching_ngram_size=M, do_sample=False)`` run back to back (the order rotates per prompt),
-greedy, same budget and stop rule, prompts encoded as `accbench run` encodes them. Prints per suite whether both PLD outputs equal AR's tokens,
-each side's tau-free tokens/s, and the ratio ours / transformers (per-prompt median with a
-bootstrap interval, and the ratio of totals). Goal: >= 1.0.
+greedy, same budget and stop rule, prompts encoded as ``accbench run`` encodes them. Prints
+per suite whether both PLD outputs equal AR's tokens, each side's tokens/s, and the ratio
+ours / transformers (per-prompt median with a bootstrap interval, and the ratio of totals).
+Goal: >= 1.0.
 """
 
 from __future__ import annotations

@@ -28,10 +28,9 @@ needs its last level and the candidates) pays less than cost(k), so its ratio ca
 
 from __future__ import annotations
 
-import json
-
 import click
-from accbench.benchmarks import PROMPT_FORMAT_HELP, bench_prompts
+from accbench.benchmarks import PROMPT_FORMAT_HELP, bench_prompts, decode_ratio
+from accbench.cli import parse_method_options
 from accbench.costs import forward_cost
 from accbench.methods import get
 from accbench.models import load_model
@@ -54,25 +53,6 @@ def _block_counts(recs) -> dict[int, int]:
     return out
 
 
-def _decode_ratio(a, r) -> float | None:
-    """AR decode time / method decode time for one prompt (tokens/s ratio when lengths differ)."""
-    if a.n_new < 2 or r.n_new < 2:
-        return None
-    return paired_ratio(a.total_s - a.ttft_s, a.n_new - 1, r.total_s - r.ttft_s, r.n_new - 1)
-
-
-def parse_options(options, names) -> dict[str, dict]:
-    opts: dict[str, dict] = {m: {} for m in names}
-    for p in options:
-        lhs, v = p.split("=", 1)
-        meth, key = lhs.split(".", 1)
-        try:
-            opts.setdefault(meth, {})[key] = json.loads(v)
-        except json.JSONDecodeError:
-            opts.setdefault(meth, {})[key] = v
-    return opts
-
-
 @click.command()
 @click.option("--model", default="smollm2-135m", show_default=True)
 @click.option("--methods", default="pld,lookahead,mtp", show_default=True, help="Registered speculative methods.")
@@ -90,7 +70,7 @@ def main(model, methods, suites, n, max_new_tokens, options, prompt_format, cost
     console = Console(width=220)
     loaded = load_model(model, dtype=dtype, device=device, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     names = [m for m in methods.split(",") if m and m != "ar"]
-    opts = parse_options(options, names)
+    opts = parse_method_options(options)
     ar = get("ar")(loaded.model, loaded.tokenizer, model_name=model)
     decs = {m: get(m)(loaded.model, loaded.tokenizer, model_name=model, **opts.get(m, {})) for m in names}
     prompts = bench_prompts(loaded.tokenizer, suites, n, ar.eos_ids, prompt_format=prompt_format, data_dir=data_dir)
@@ -147,7 +127,7 @@ def main(model, methods, suites, n, max_new_tokens, options, prompt_format, cost
         rel = sum(c * costs[k] for k, c in cnt.items()) / max(1, n_steps) / costs[1]  # mean cost(k)/cost(1) per step
         bound = tau / rel
         e2e = bootstrap_median([paired_ratio(a.total_s, a.n_new, r.total_s, r.n_new) for a, r in zip(ars, rs)])
-        dec = bootstrap_median([x for a, r in zip(ars, rs) if (x := _decode_ratio(a, r)) is not None])
+        dec = bootstrap_median([x for a, r in zip(ars, rs) if (x := decode_ratio(a, r)) is not None])
         ar_per_tok = sum(a.total_s - a.ttft_s for a in ars) / max(1, sum(a.n_new - 1 for a in ars))
         m_per_tok = decode_s / max(1, sum(r.n_new - 1 for r in rs))
         dec_tot = ar_per_tok / m_per_tok if m_per_tok > 0 else float("nan")
