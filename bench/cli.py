@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .errors import AccbenchError
+from accbench.errors import AccbenchError
 
 
 def _console() -> Console:
@@ -142,11 +142,11 @@ def run(methods, models, suites, limit, max_new_tokens, seed, temperature, top_p
     """Run a sweep: methods x models x suites. Writes config.json, samples.jsonl and
     summary.csv into --out and prints a table per suite. Interrupt it at any time: rerunning
     the same command skips finished samples."""
-    from .progress import RichProgress
-    from .results import ResultsDir
-    from .runner import SweepConfig, run_sweep
-    from .summary import summarize
-    from .tables import summary_tables
+    from accbench.progress import RichProgress
+    from accbench.engine.results import ResultsDir
+    from accbench.engine.runner import SweepConfig, run_sweep
+    from accbench.reports.summary import summarize
+    from accbench.reports.tables import summary_tables
 
     console = _console()
     model_list, suite_list = _split(models), _split(suites)
@@ -259,7 +259,7 @@ def train(method, model, steps, batch_size, lr, seq_len, sources, text_files, ta
           restart, seed, options) -> None:
     """Train what METHOD needs (Medusa heads, MTP heads) for --model. Checkpoints as it goes;
     rerunning resumes an interrupted training."""
-    from .train_data import TrainRequest
+    from accbench.training.train_data import TrainRequest
 
     cls = _method_class(method, "train")
     req = TrainRequest(method=method, model=model, steps=steps, batch_size=batch_size, lr=lr, seq_len=seq_len,
@@ -321,7 +321,7 @@ def tune_lookahead(model, dtype, device, data_dir, options) -> None:
 # Commands that live in their own modules (reports, gates, executors...): (module, attribute).
 # Third-party packages add commands through the ``accbench.commands`` entry-point group.
 COMMAND_MODULES = [
-    ("accbench.report", "commands"),
+    ("accbench.reports.report", "commands"),
     ("accbench.lmeval", "commands"),
 ]
 

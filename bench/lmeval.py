@@ -41,7 +41,7 @@ from typing import Any
 
 import click
 
-from .errors import AccbenchError
+from accbench.errors import AccbenchError
 
 MODEL_NAME = "accbench"
 TASKS_DIR = Path(__file__).resolve().parent.parent / "suites" / "lm_eval_tasks"
@@ -123,7 +123,7 @@ class _AccbenchLMImpl:
         return dec
 
     def _encode(self, text: str) -> list[int]:
-        from .runner import encode_prompt
+        from accbench.engine.runner import encode_prompt
 
         return encode_prompt(self.tokenizer, text, self.prompt_format)
 

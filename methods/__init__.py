@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
-from .base import (  # noqa: F401  (re-exported: the protocol is the public API)
+from accbench.methods.core import (  # noqa: F401  (re-exported: the protocol is the public API)
     Clock,
     Decoder,
     DecoderBase,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from . import register
-from .base import Clock, DecoderBase, GenerationRecord, sample_from_logits
+from accbench.methods import register
+from accbench.methods.core import Clock, DecoderBase, GenerationRecord, sample_from_logits
 
 
 @register
@@ -20,17 +20,16 @@ class ARDecoder(DecoderBase):
     name = "ar"
     lossless = True
     description = "Autoregressive baseline (greedy or sampled), own KV-cache loop."
-    options: dict = {}
 
     @torch.inference_mode()
-    def generate(self, prompt_ids, max_new_tokens: int, stop=None) -> GenerationRecord:
+    def decode(self, prompt_ids, max_new_tokens: int, stop=None):
         stopper = self._stop_checker(stop)
         model, sampling, gen = self.model, self.sampling, self._generator
         ids = self._prompt_tensor(prompt_ids)
         n_prompt = ids.shape[1]
         cache = DynamicCache(config=model.config)
         positions = torch.arange(n_prompt, n_prompt + max_new_tokens, device=self.device)
-        clock = Clock(self.device)
+        clock = Clock(self.device, paired=self.paired)
 
         clock.start()
         logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
@@ -39,6 +38,9 @@ class ARDecoder(DecoderBase):
         ttft = clock.elapsed()
         hit = stopper.first_stop(tokens)
         while hit is None and len(tokens) < max_new_tokens:
+            clock.pause()
+            yield len(tokens)
+            clock.resume()
             pos = positions[len(tokens) - 1 : len(tokens)]
             logits = model(input_ids=nxt.view(1, 1), past_key_values=cache, use_cache=True,
                            cache_position=pos).logits

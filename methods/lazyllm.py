@@ -50,8 +50,8 @@ from typing import Any
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from . import register
-from .base import Clock, DecoderBase, GenerationRecord, sample_from_logits
+from accbench.methods import register
+from accbench.methods.core.base import Clock, DecoderBase, GenerationRecord, sample_from_logits
 
 SUPPORTED = ("llama", "gemma3_text")
 DEFAULT_PRUNE_RATE = 0.3  # see bench/benchmarks/lazyllm_ttft.py and the README for why

@@ -16,7 +16,7 @@ from typing import Any
 
 from accbench.errors import AccbenchError
 
-from .base import Sample, Suite  # noqa: F401  (re-exported: the suite protocol is public API)
+from accbench.suites.base import Sample, Suite  # noqa: F401  (re-exported: the suite protocol is public API)
 
 _REGISTRY: dict[str, type] = {}
 _BROKEN: dict[str, str] = {}  # entry points that failed to load: name -> reason
@@ -129,7 +129,7 @@ def readiness(
     network."""
     cls = get(name)
     if data_file is not None and takes_data_file(name):
-        from .data import resolve_data_file
+        from accbench.suites.data import resolve_data_file
 
         try:
             return f"ready ({resolve_data_file(data_file, data_dir)})"

@@ -21,9 +21,9 @@ from typing import Any, ClassVar, Iterator
 
 from accbench.errors import AccbenchError
 
-from . import data, register
-from .base import Sample, Suite
-from .summarization import rouge
+from accbench.suites import data, register
+from accbench.suites.base import Sample, Suite
+from accbench.suites.summarization import rouge
 
 MULTI_NEWS_PROMPT = (
     "You are given several news articles. Write a one-page summary of all news.\n\n"

@@ -25,8 +25,8 @@ from typing import Any, ClassVar, Iterator
 
 from accbench.errors import AccbenchError
 
-from . import data, register
-from .base import Sample, Suite
+from accbench.suites import data, register
+from accbench.suites.base import Sample, Suite
 
 #: standard MBPP split by task_id (inclusive ranges)
 SPLITS: dict[str, tuple[int, int]] = {
@@ -203,20 +203,20 @@ class MBPPSuite(Suite):
         return build_program(output_text, sample.meta["test_list"], setup)
 
     def _limits(self):
-        from accbench.sandbox import SandboxLimits
+        from accbench.suites.sandbox import SandboxLimits
 
         # code_eval: a 3 s itimer around exec() inside an already running process (and an
         # outer join at timeout + 1 s); our wall clock also covers interpreter start-up.
         return SandboxLimits(wall_s=self.timeout_s + 1.0, cpu_s=max(1, math.ceil(self.timeout_s)) + 1)
 
     def score(self, sample: Sample, output_text: str) -> dict[str, float]:
-        from accbench.sandbox import run_program
+        from accbench.suites.sandbox import run_program
 
         res = run_program(sandbox_source(self.program(sample, output_text)), limits=self._limits())
         return {"pass@1": 1.0 if res.passed else 0.0}
 
     def score_many(self, pairs: list[tuple[Sample, str]]) -> list[dict[str, float]]:
-        from accbench.sandbox import run_many
+        from accbench.suites.sandbox import run_many
 
         if not pairs:
             return []

@@ -12,8 +12,8 @@ from typing import ClassVar, Iterator
 
 from accbench.errors import AccbenchError
 
-from . import data, register
-from .base import Sample, Suite
+from accbench.suites import data, register
+from accbench.suites.base import Sample, Suite
 
 
 @register

@@ -24,8 +24,8 @@ from typing import Any, ClassVar, Iterator
 
 from accbench.errors import AccbenchError
 
-from . import data, register
-from .base import Sample, Suite
+from accbench.suites import data, register
+from accbench.suites.base import Sample, Suite
 
 SPLITS: dict[str, tuple[int, int | None]] = {"eval": (0, 500), "train": (500, 1000), "all": (0, None)}
 DEFAULT_STOP = ["###"]

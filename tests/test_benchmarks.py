@@ -9,7 +9,7 @@ from click.testing import CliRunner
 def test_bench_prompts_use_each_suites_run_format(smollm2):
     from accbench import suites as suite_registry
     from accbench.benchmarks import bench_prompts
-    from accbench.runner import encode_prompt
+    from accbench.engine.runner import encode_prompt
 
     tok = smollm2.tokenizer
     got = bench_prompts(tok, "mbpp,cnndm", 2, [tok.eos_token_id])
@@ -80,7 +80,7 @@ def test_benchmark_help(script):
 
 
 def test_forward_cost_measures_each_k_once(tiny_llama):
-    from accbench.costs import forward_cost
+    from accbench.reports.costs import forward_cost
 
     costs = forward_cost(tiny_llama.model, [1, 4, 4, 2], prefix_len=16, repeats=2, warmup=1)
     assert list(costs) == [1, 4, 2]

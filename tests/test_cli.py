@@ -7,7 +7,7 @@ import pytest
 from accbench import methods
 from accbench.cli import main
 from accbench.methods.ar import ARDecoder
-from accbench.results import ResultsDir, row_key
+from accbench.engine.results import ResultsDir, row_key
 from click.testing import CliRunner
 
 
@@ -189,7 +189,7 @@ def test_end_to_end_smollm2(tmp_path):
 
 
 def test_fit_to_length_cuts_middle_and_packs_in_front():
-    from accbench.runner import fit_to_length
+    from accbench.engine.runner import fit_to_length
 
     ids = [1] + list(range(100, 120))  # BOS + 20 tokens
     cut = fit_to_length(ids, 10, [7, 8, 9], bos_id=1)
@@ -215,7 +215,7 @@ def test_prompt_lengths_are_a_sweep_axis(tmp_path):
 
 def test_table_shows_acceptance_per_draft_position():
     import pandas as pd
-    from accbench.tables import summary_tables
+    from accbench.reports.tables import summary_tables
     from rich.console import Console
 
     base = {"model": "m", "device": "cpu", "suite": "mbpp", "prompt_length": float("nan"), "dtype": "float32",
@@ -241,8 +241,8 @@ def test_table_shows_acceptance_per_draft_position():
 
 
 def test_summary_and_table_report_draft_vs_verify_time():
-    from accbench.summary import summarize
-    from accbench.tables import summary_tables
+    from accbench.reports.summary import summarize
+    from accbench.reports.tables import summary_tables
     from rich.console import Console
 
     def row(method, sid, total, extra=None, drafted=None, accepted=None):

@@ -9,8 +9,8 @@ import json
 import _exec_methods  # noqa: F401  (registers test-raise / test-exit here; workers import it by name)
 import pytest
 from accbench.cli import main
-from accbench.results import ResultsDir
-from accbench.runner import SweepConfig, run_sweep
+from accbench.engine.results import ResultsDir
+from accbench.engine.runner import SweepConfig, run_sweep
 from click.testing import CliRunner
 
 COMMON = ["--model", "tiny-random-llama", "--suite", "mbpp", "--limit", "2", "--max-new-tokens", "8",

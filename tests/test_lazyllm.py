@@ -21,7 +21,7 @@ def _ids(loaded, n_tokens: int) -> list[int]:
 
 
 def _longbench_ids(loaded, n_tokens: int, index: int = 0) -> list[int]:
-    from accbench.runner import encode_prompt, fit_to_length
+    from accbench.engine.runner import encode_prompt, fit_to_length
     from accbench.suites import build
 
     samples = list(build("longbench-multinews").samples(limit=index + 2))
@@ -223,9 +223,9 @@ def test_longbench_multinews_suite():
 
 
 def test_lazyllm_in_a_prompt_length_sweep(tiny_llama, tmp_path):
-    from accbench.runner import SweepConfig, run_sweep
-    from accbench.summary import summarize
-    from accbench.tables import summary_tables
+    from accbench.engine.runner import SweepConfig, run_sweep
+    from accbench.reports.summary import summarize
+    from accbench.reports.tables import summary_tables
 
     cfg = SweepConfig(methods=["ar", "lazyllm"], models=["tiny-random-llama"], suites=["longbench-multinews"],
                       out=tmp_path / "run", limit=2, max_new_tokens=6, prompt_lengths=[128, 256], warmup=0,

@@ -9,8 +9,8 @@ import torch
 from accbench import suites as suite_registry
 from accbench.methods import StopChecker, get
 from accbench.methods.lookahead import NgramPool, advance_window, lookahead_layout
-from accbench.methods.tree import block_forward, make_cache
-from accbench.runner import encode_prompt
+from accbench.methods.core.tree import block_forward, make_cache
+from accbench.engine.runner import encode_prompt
 
 
 def _chains(W, N, G):

@@ -211,7 +211,7 @@ def test_needs_training_names_the_command(tiny_llama, tmp_path, monkeypatch):
 
 
 def _req(method="medusa1", steps=8, **opts):
-    from accbench.train_data import TrainRequest
+    from accbench.training.train_data import TrainRequest
 
     base = {"data_tokens": 1200, "held_tokens": 300, "ckpt_every": 2}
     return TrainRequest(method=method, model="tiny-random-llama", steps=steps, batch_size=32, lr=1e-2, seq_len=64,
@@ -219,7 +219,7 @@ def _req(method="medusa1", steps=8, **opts):
 
 
 def test_training_loss_decreases_resume_and_decode(tmp_path, monkeypatch, tiny_llama):
-    from accbench.medusa_train import TrainingStopped, train_medusa
+    from accbench.methods.medusa.train import TrainingStopped, train_medusa
     from rich.console import Console
 
     monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path))
@@ -251,7 +251,7 @@ def test_training_loss_decreases_resume_and_decode(tmp_path, monkeypatch, tiny_l
 
 
 def test_medusa2_training_saves_a_delta(tmp_path, monkeypatch, tiny_llama):
-    from accbench.medusa_train import train_medusa
+    from accbench.methods.medusa.train import train_medusa
     from rich.console import Console
 
     monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path))
@@ -272,8 +272,8 @@ def test_medusa2_training_saves_a_delta(tmp_path, monkeypatch, tiny_llama):
 def test_smollm2_medusa1_equals_ar_on_real_prompts(smollm2, data_dir, tmp_path):
     """With the trained heads when they exist (else random-W heads: the check is equality)."""
     from accbench import suites as suite_registry
-    from accbench.artifacts import get_default
-    from accbench.runner import encode_prompt
+    from accbench.training.artifacts import get_default
+    from accbench.engine.runner import encode_prompt
 
     lm = smollm2
     trained = get_default(lm.name, "medusa1")

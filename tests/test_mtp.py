@@ -15,7 +15,7 @@ from accbench.methods.mtp import (
     head_logits,
     load_meta_checkpoint,
 )
-from accbench.runner import encode_prompt
+from accbench.engine.runner import encode_prompt
 
 TEXTS = ["abc abc abc abc abc", "the cat the cat the cat the", "def f(x): return x\ndef g(x): return x\ndef h(x):",
          "1 2 3 4 1 2 3 4 1 2 3 4"]
@@ -130,7 +130,7 @@ def test_missing_heads_need_training(tiny_llama, tmp_path, monkeypatch):
 
 
 def _request(tmp_path, steps, **options):
-    from accbench.train_data import TrainRequest
+    from accbench.training.train_data import TrainRequest
 
     text = tmp_path / "train.txt"
     if not text.exists():
@@ -148,8 +148,8 @@ def _heads_state(path):
 
 
 def test_trained_heads_become_the_default_and_decode_losslessly(tiny_llama, tmp_path, monkeypatch):
-    from accbench.artifacts import get_default
-    from accbench.mtp_train import train_mtp
+    from accbench.training.artifacts import get_default
+    from accbench.methods.mtp.train import train_mtp
     from rich.console import Console
 
     monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path / "cache"))
@@ -172,7 +172,7 @@ def test_trained_heads_become_the_default_and_decode_losslessly(tiny_llama, tmp_
 
 
 def test_training_loss_decreases(tmp_path, monkeypatch):
-    from accbench import mtp_train
+    from accbench.methods.mtp import train as mtp_train
     from rich.console import Console
 
     monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path / "cache"))
@@ -192,7 +192,7 @@ def test_training_loss_decreases(tmp_path, monkeypatch):
 
 
 def test_training_resumes_exactly(tmp_path, monkeypatch):
-    from accbench.mtp_train import train_mtp
+    from accbench.methods.mtp.train import train_mtp
     from rich.console import Console
 
     monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path / "a"))
@@ -214,7 +214,7 @@ def test_training_resumes_exactly(tmp_path, monkeypatch):
 
 def test_ctrl_c_keeps_finished_steps_and_resumes_exactly(tmp_path, monkeypatch):
     import pytest
-    from accbench import mtp_train
+    from accbench.methods.mtp import train as mtp_train
     from rich.console import Console
 
     monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path / "a"))
@@ -243,7 +243,7 @@ def test_ctrl_c_keeps_finished_steps_and_resumes_exactly(tmp_path, monkeypatch):
 
 def test_unfreeze_saves_a_runnable_fine_tuned_model(tmp_path, monkeypatch):
     from accbench.models import load_model
-    from accbench.mtp_train import train_mtp
+    from accbench.methods.mtp.train import train_mtp
     from rich.console import Console
 
     monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path / "cache"))

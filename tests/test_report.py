@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from accbench.cli import main
-from accbench.results import ResultsDir
+from accbench.engine.results import ResultsDir
 from click.testing import CliRunner
 from PIL import Image
 
@@ -202,7 +202,7 @@ def test_compare_verdicts_on_planted_changes(tiny_runs, tmp_path):
 
 
 def test_block_sizes_from_chain_drafts():
-    from accbench.projection import block_sizes
+    from accbench.reports.projection import block_sizes
 
     # 5 decode steps; 3 drafted at least 1 token, 2 at least 2, 1 at least 3
     row = {"tokens_per_step": [1, 1, 2, 1, 3, 1], "drafted": [3, 2, 1]}

@@ -18,8 +18,8 @@ import time
 import uuid
 
 import pytest
-from accbench import sandbox
-from accbench.sandbox import SandboxLimits, SandboxResult, run_many, run_program
+from accbench.suites import sandbox
+from accbench.suites.sandbox import SandboxLimits, SandboxResult, run_many, run_program
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux-focused")
 

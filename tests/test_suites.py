@@ -349,7 +349,7 @@ def test_mbpp_sandbox_source_runs_like_code_eval():
 
 
 def _sandbox():
-    import accbench.sandbox  # noqa: F401
+    import accbench.suites.sandbox  # noqa: F401
 
 
 def test_mbpp_reference_solutions_pass_and_wrong_fail(mbpp_suite, mbpp_records):

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 from accbench.methods import StopChecker, get
-from accbench.methods.tree import (
+from accbench.methods.core.tree import (
     accept_greedy,
     block_forward,
     commit,

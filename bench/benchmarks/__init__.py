@@ -21,7 +21,7 @@ def bench_prompts(tokenizer, suites: str, n: int, eos_ids, *, prompt_format: str
     summarization), each with the suite's stop rule."""
     from accbench import suites as suite_registry
     from accbench.methods import StopChecker
-    from accbench.runner import encode_prompt, suite_format
+    from accbench.engine.runner import encode_prompt, suite_format
 
     out = []
     for name in [s.strip() for s in suites.split(",") if s.strip()]:
@@ -36,7 +36,7 @@ def bench_prompts(tokenizer, suites: str, n: int, eos_ids, *, prompt_format: str
 def decode_ratio(ar, rec) -> float | None:
     """AR's decode-phase time over a method's for one prompt ((E2E - TTFT) each; the tokens/s
     ratio when their lengths differ); None when either made fewer than two tokens."""
-    from accbench.stats import paired_ratio
+    from accbench.reports.stats import paired_ratio
 
     if ar.n_new < 2 or rec.n_new < 2:
         return None

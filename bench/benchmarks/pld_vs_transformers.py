@@ -19,7 +19,7 @@ import torch
 from accbench.benchmarks import PROMPT_FORMAT_HELP, bench_prompts
 from accbench.methods import StopChecker, get
 from accbench.models import load_model
-from accbench.stats import bootstrap_median, first_divergence
+from accbench.reports.stats import bootstrap_median, first_divergence
 from rich.console import Console
 from rich.table import Table
 

@@ -15,8 +15,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .errors import AccbenchError
-from .runsets import BASELINE, RunSet, finite, load_runs
+from accbench.errors import AccbenchError
+from accbench.reports.runsets import BASELINE, RunSet, finite, load_runs
 
 
 def _console() -> Console:
@@ -49,7 +49,7 @@ def _f(x: Any, fmt: str = "{:.2f}") -> str:
 
 
 def _summary_sections(rs: RunSet):
-    from .html import Cell, TableSpec, cell
+    from accbench.reports.html import Cell, TableSpec, cell
 
     f = rs.frame
     tables = []
@@ -98,7 +98,7 @@ def _summary_sections(rs: RunSet):
 
 
 def _runs_table(rs: RunSet):
-    from .html import TableSpec, cell
+    from accbench.reports.html import TableSpec, cell
 
     rows = []
     for run in rs.runs:
@@ -113,7 +113,7 @@ def _runs_table(rs: RunSet):
 
 
 def _projection_table(pred: list[dict[str, Any]]):
-    from .html import TableSpec, cell
+    from accbench.reports.html import TableSpec, cell
 
     rows = []
     for p in pred:
@@ -133,9 +133,9 @@ def _projection_table(pred: list[dict[str, Any]]):
 
 def build_report(rs: RunSet, out: Path, curves: list[dict[str, Any]] | None = None,
                  title: str = "accbench report") -> dict[str, Path]:
-    from . import plots
-    from .html import Figure, Section, render_html, render_md
-    from .projection import project
+    from accbench.reports import plots
+    from accbench.reports.html import Figure, Section, render_html, render_md
+    from accbench.reports.projection import project
 
     out.mkdir(parents=True, exist_ok=True)
     curves = curves or []
@@ -153,7 +153,7 @@ def build_report(rs: RunSet, out: Path, curves: list[dict[str, Any]] | None = No
     figures = [Figure(name, path, *texts[name]) for name, path in figs.items()]
     sections = [
         Section("Results", ["Every number below is computed from the rows of the runs' `samples.jsonl` by "
-                            "`accbench.summary.summarize`; the same table is in `summary.csv` next to this report."],
+                            "`accbench.reports.summary.summarize`; the same table is in `summary.csv` next to this report."],
                 tables=_summary_sections(rs)),
         Section("Figures", figures=figures),
     ]
@@ -198,7 +198,7 @@ def build_report(rs: RunSet, out: Path, curves: list[dict[str, Any]] | None = No
 def report(runs, out, curves, title) -> None:
     """Write report.md, a self-contained report.html and PNG plots for one or more results
     folders (runs from several machines merge with the machine as an axis)."""
-    from .projection import load_curve
+    from accbench.reports.projection import load_curve
 
     rs = load_runs(runs)
     cs = [load_curve(c) for c in curves]
@@ -232,7 +232,7 @@ def _pct(v, lo, hi) -> str:
 def compare_cmd(run_a, run_b, min_change, json_out) -> None:
     """Per model x suite x method: how RUN_B differs from RUN_A in speedup, tau, TTFT and
     quality, paired by sample with 95% bootstrap intervals, and a verdict per row."""
-    from .compare import compare
+    from accbench.reports.compare import compare
 
     rows = compare(load_runs([run_a]), load_runs([run_b]), min_change=_fraction(min_change, "--min-change"))
     t = Table(title=f"{run_b} vs {run_a} (B vs A, paired by sample, 95% CI)", title_justify="left")
@@ -292,7 +292,7 @@ def check_cmd(run, baseline_path, max_slowdown, quality_tolerance, tau_tolerance
     below the baseline by more than --quality-tolerance.
     Timing rule: the speedup vs AR (measured in the same run) is flagged only when it drops
     by more than --max-slowdown and the paired bootstrap interval excludes no change."""
-    from . import gate
+    from accbench.reports import gate
 
     con = _console()
     rs = load_runs([run])
@@ -351,7 +351,7 @@ def project_cmd(runs, curves, json_out) -> None:
     """Predict each method's decode speedup on other devices from its tau and block sizes
     (hardware-independent, measured in RUNS) and each device's verification-cost curve;
     shows the measured speedup and the prediction error where RUNS hold that device."""
-    from .projection import load_curve, project
+    from accbench.reports.projection import load_curve, project
 
     rs = load_runs(runs)
     pred = project(rs, [load_curve(c) for c in curves])
@@ -386,7 +386,7 @@ def cost_curve_cmd(model, device, dtype, ks, prefix_len, repeats, out) -> None:
     """Measure this device's verification-cost curve: the time of one forward over k new
     tokens relative to one token. Random weights are fine; the JSON can be shared and given
     to `accbench project` / `accbench report --cost-curve`."""
-    from .projection import measure_cost_curve
+    from accbench.reports.projection import measure_cost_curve
 
     try:
         k_list = [int(k) for k in ks.split(",") if k.strip()]

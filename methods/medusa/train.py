@@ -49,9 +49,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .artifacts import artifact_dir, commit_dir, config_hash, method_dir, set_default
-from .errors import AccbenchError
-from .train_data import token_chunks
+from accbench.training.artifacts import artifact_dir, commit_dir, config_hash, method_dir, set_default
+from accbench.errors import AccbenchError
+from accbench.training.train_data import token_chunks
 
 # Defaults sized for the packaged 135M-270M models on a 2-core CPU (medusa1 on smollm2-135m,
 # idle machine: 13.4 min = 3:40 backbone pass over 160k tokens + 9:34 of head steps); a GPU
@@ -158,7 +158,7 @@ class FeatureCache:
 
 @torch.inference_mode()
 def _encode_part(model, chunks: list[list[int]], device) -> dict[str, torch.Tensor]:
-    from accbench.methods.tree import logits_from_hidden
+    from accbench.methods.core.tree import logits_from_hidden
 
     lens = [len(c) for c in chunks]
     t = max(lens)
@@ -642,7 +642,7 @@ def _medusa2_hidden(lm, held: FeatureCache, delta) -> torch.Tensor:
 def _reuse_medusa1(model_name: str, heads, config: dict, console: Console) -> Path | None:
     """Stage 1 of Medusa-2 is the Medusa-1 recipe: reuse a medusa1 artifact with the same
     heads, data and targets when there is one."""
-    from accbench.artifacts import get_default
+    from accbench.training.artifacts import get_default
     from accbench.methods.medusa import CONFIG_FILE, HEADS_FILE
     from safetensors.torch import load_file
 

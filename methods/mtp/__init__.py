@@ -39,9 +39,9 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from . import register
-from .base import Clock, DecoderBase, GenerationRecord, block_extra, sample_from_logits
-from .tree import block_forward, commit, crop_cache, logits_from_hidden, make_cache
+from accbench.methods import register
+from accbench.methods.core.base import Clock, DecoderBase, GenerationRecord, block_extra, sample_from_logits
+from accbench.methods.core.tree import block_forward, commit, crop_cache, logits_from_hidden, make_cache
 
 HEADS_FILE = "heads.safetensors"
 META_FILE = "mtp.json"
@@ -243,7 +243,7 @@ def find_heads_dir(model_name: str | None, heads_opt: str | None) -> Path | None
         p = Path(model_name).expanduser()
         if (p / HEADS_FILE).is_file() and (p / META_FILE).is_file():  # a fine-tuned / converted model dir
             return p
-        from accbench.artifacts import get_default
+        from accbench.training.artifacts import get_default
 
         return get_default(model_name, "mtp")
     return None
@@ -386,7 +386,7 @@ class MTPDecoder(DecoderBase):
     # -- training (bench/mtp_train.py) ---------------------------------------------------
     @classmethod
     def train(cls, req, console) -> Path:
-        from accbench.mtp_train import train_mtp
+        from accbench.methods.mtp.train import train_mtp
 
         return train_mtp(req, console)
 

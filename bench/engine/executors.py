@@ -6,7 +6,7 @@ process running ``accbench run``) appends the rows to ``samples.jsonl`` as they 
 in the exact-match-vs-AR fields and records cells that fail in ``failed.jsonl``.
 
 * ``inline``: everything in this process, samples interleaved across methods (AR first on
-  every sample). The historical behaviour, implemented in :func:`accbench.runner.run_sweep`;
+  every sample). The historical behaviour, implemented in :func:`accbench.engine.runner.run_sweep`;
   an exception stops the sweep (for tests and debugging).
 * ``local``: every cell in a fresh worker process (``multiprocessing`` spawn), one at a time,
   rows streamed back over a pipe. A cell that raises, calls ``os._exit`` or is killed (OOM)
@@ -21,7 +21,7 @@ Pairing with AR: a method's row is compared with AR's row of the same (model, de
 prompt length, sample). Cells are ordered so a group's AR cell runs first, and on Ray a
 method's cell is submitted only once its group's AR cell has finished (or failed), so the
 driver knows AR's tokens when the method's rows arrive. Speedups are paired later, from the
-rows (``accbench.summary``).
+rows (``accbench.reports.summary``).
 
 Worker processes import the modules defining the sweep's methods (so a method registered by
 a plugin module is found) and every module named in ``$ACCBENCH_PLUGINS`` (comma-separated).
@@ -39,10 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import AccbenchError
-from .results import ResultsDir, row_key
-from .runner import BASELINE, NullProgress, SweepConfig, ordered_methods, validate
-from .stats import first_divergence
+from accbench.errors import AccbenchError
+from accbench.engine.results import ResultsDir, row_key
+from accbench.engine.runner import BASELINE, NullProgress, SweepConfig, ordered_methods, validate
+from accbench.reports.stats import first_divergence
 
 PLUGINS_ENV = "ACCBENCH_PLUGINS"
 #: environment variables handed to worker processes (Ray workers start with the raylet's)
@@ -120,7 +120,7 @@ def cell_messages(payload: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     from accbench.methods import StopChecker
     from accbench.models import load_model, resolve_device, resolve_dtype
 
-    from .runner import build_decoder, encode_prompt, fit_to_length, sample_row, suite_format
+    from accbench.engine.runner import build_decoder, encode_prompt, fit_to_length, sample_row, suite_format
 
     cfg = SweepConfig(**{**payload["cfg"], "out": Path(payload["cfg"]["out"])})
     cell = Cell(**payload["cell"])
@@ -254,7 +254,7 @@ class _Driver:
             att.finished = True
 
     def add_row(self, att: _Attempt, row: dict[str, Any]) -> None:
-        from .runner import _ordered
+        from accbench.engine.runner import _ordered
 
         k = row_key(row)
         if k in self.done:  # a retried cell re-measuring a sample a lost attempt already sent
@@ -332,11 +332,11 @@ def plan_cells(cfg: SweepConfig, suite_samples: dict[str, list], device_key: str
 
 
 def run_cells(cfg: SweepConfig, progress: NullProgress, overwrite: bool = False) -> ResultsDir:
-    """:func:`accbench.runner.run_sweep` for the ``local`` and ``ray`` executors."""
+    """:func:`accbench.engine.runner.run_sweep` for the ``local`` and ``ray`` executors."""
     from accbench import methods as method_registry
     from accbench import suites as suite_registry
 
-    from . import measure
+    from accbench.engine import measure
 
     if cfg.executor not in EXECUTORS:
         raise AccbenchError(f"unknown executor {cfg.executor!r}; valid: {', '.join(EXECUTORS)}")

@@ -25,8 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import AccbenchError
-from .runsets import (
+from accbench.errors import AccbenchError
+from accbench.reports.runsets import (
     BASELINE,
     RunSet,
     ar_index,
@@ -51,7 +51,7 @@ def _model_for_cost(name: str, dtype: str | None, device: str | None):
     builds random weights from it; anything else is loaded by name."""
     import torch
 
-    from .models import load_model, resolve_device, resolve_dtype
+    from accbench.models import load_model, resolve_device, resolve_dtype
 
     p = Path(name)
     cfg_path = p if p.is_file() and p.name.endswith(".json") else (p / "config.json" if p.is_dir() else None)
@@ -76,8 +76,8 @@ def _model_for_cost(name: str, dtype: str | None, device: str | None):
 def measure_cost_curve(model_name: str, *, dtype: str | None = None, device: str | None = None,
                        ks: Sequence[int] = DEFAULT_KS, prefix_len: int = 256, repeats: int = 7,
                        warmup: int = 2, progress=None) -> dict[str, Any]:
-    from . import measure
-    from .costs import forward_cost, relative
+    from accbench.engine import measure
+    from accbench.reports.costs import forward_cost, relative
 
     ks = sorted({int(k) for k in ks} | {1})
     if ks[0] < 1:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import AccbenchError
+from accbench.errors import AccbenchError
 
 #: the fields that identify one measured sample; a row with the same key is never measured twice
 KEY_FIELDS = ("model", "device", "suite", "prompt_length", "sample_id", "method")

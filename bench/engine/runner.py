@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from . import measure
-from .errors import AccbenchError, NeedsTraining
-from .results import ResultsDir, row_key
-from .stats import first_divergence
+from accbench.engine import measure
+from accbench.errors import AccbenchError, NeedsTraining
+from accbench.engine.results import ResultsDir, row_key
+from accbench.reports.stats import first_divergence
 
 BASELINE = "ar"
 
@@ -48,7 +48,7 @@ class SweepConfig:
     prompt_lengths: list[int] | None = None  # sweep axis: cut/pack every prompt to these token counts
     train_missing: bool = False  # train a method's missing artifacts instead of stopping
     # How the cells (method x model x suite x prompt length) run; none of these is a setting
-    # (they do not change what a row means). See accbench.executors.
+    # (they do not change what a row means). See accbench.engine.executors.
     executor: str = "inline"  # "inline" (this process) | "local" (a worker process per cell) | "ray"
     address: str | None = None  # ray: "auto", "local" or HOST:PORT (None: an initialized ray, else auto)
     ray_resources: dict[str, float] = field(default_factory=dict)  # extra resources per cell, e.g. {"H100": 1}
@@ -178,7 +178,7 @@ def build_decoder(method: str, loaded, cfg: SweepConfig, progress: NullProgress 
                 raise
             from rich.console import Console
 
-            from .train_data import TrainRequest
+            from accbench.training.train_data import TrainRequest
 
             if progress is not None:
                 progress.stop()
@@ -202,7 +202,7 @@ def run_sweep(cfg: SweepConfig, progress: NullProgress | None = None, overwrite:
 
     progress = progress or NullProgress()
     if cfg.executor != "inline":  # one worker process (or ray task) per cell
-        from .executors import run_cells
+        from accbench.engine.executors import run_cells
 
         return run_cells(cfg, progress, overwrite)
     validate(cfg)

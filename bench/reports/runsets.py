@@ -6,7 +6,7 @@ row's ``device`` becomes a label such as ``cpu · AMD EPYC`` or ``cuda · NVIDIA
 (the raw device stays in ``device_type``), so ``summarize`` keeps them apart and pairs every
 method with the AR rows of its own machine.
 
-Every figure and table is computed from these rows (and :func:`accbench.summary.summarize`),
+Every figure and table is computed from these rows (and :func:`accbench.reports.summary.summarize`),
 so every number can be traced back to ``samples.jsonl``.
 """
 
@@ -23,9 +23,9 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from .errors import AccbenchError
-from .results import ResultsDir
-from .stats import paired_ratio
+from accbench.errors import AccbenchError
+from accbench.engine.results import ResultsDir
+from accbench.reports.stats import paired_ratio
 
 BASELINE = "ar"
 #: per suite, the quality metric a figure shows (the first one present)
@@ -62,7 +62,7 @@ class RunSet:
     @property
     def frame(self) -> pd.DataFrame:
         if self._frame is None:
-            from .summary import summarize
+            from accbench.reports.summary import summarize
 
             self._frame = summarize(self.rows)
         return self._frame

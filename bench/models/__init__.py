@@ -45,7 +45,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from .errors import AccbenchError
+from accbench.errors import AccbenchError
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -17,6 +17,8 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache
 
+from accbench.methods.core.quirks import logits_from_hidden, sliding_window
+
 
 def make_cache(model) -> DynamicCache:
     """A KV cache whose every layer keeps all positions (no sliding-window eviction), so the
@@ -60,14 +62,6 @@ def chain_parents(n: int) -> list[int]:
 # --------------------------------------------------------------------------------------
 
 
-def _layer_window(model) -> int | None:
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    types = getattr(cfg, "layer_types", None)
-    if types and "sliding_attention" in types and getattr(cfg, "sliding_window", None):
-        return int(cfg.sliding_window)
-    return None
-
-
 def block_attention_mask(model, prefix_len: int, positions: torch.Tensor, visible: torch.Tensor,
                          dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
     """The 4D mask ``[1, 1, n, prefix_len + n]`` for a block: every token sees the prefix and
@@ -79,7 +73,7 @@ def block_attention_mask(model, prefix_len: int, positions: torch.Tensor, visibl
     allowed = torch.ones(n, prefix_len + n, dtype=torch.bool, device=device)
     allowed[:, prefix_len:] = visible.to(device)
     masks = {"full_attention": allowed}
-    window = _layer_window(model)
+    window = sliding_window(model)
     if window is not None:
         key_pos = torch.cat([torch.arange(prefix_len, device=device), positions])
         masks["sliding_attention"] = allowed & ((positions[:, None] - key_pos[None, :]) < window)
@@ -91,15 +85,6 @@ def block_attention_mask(model, prefix_len: int, positions: torch.Tensor, visibl
             m = torch.zeros(m.shape, dtype=dtype, device=device).masked_fill(~m, torch.finfo(dtype).min)
         out[k] = m
     return out if window is not None else out["full_attention"]
-
-
-def logits_from_hidden(model, hidden: torch.Tensor) -> torch.Tensor:
-    """Apply the LM head (and final logit soft-capping where the model has it)."""
-    logits = model.get_output_embeddings()(hidden)
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
 
 
 def block_forward(model, cache, tokens: torch.Tensor, depths: Sequence[int] | torch.Tensor, visible: torch.Tensor,
@@ -194,14 +179,3 @@ def crop_cache(cache, length: int) -> None:
         if getattr(layer, "is_initialized", True) and layer.keys is not None and layer.keys.numel():
             layer.keys = layer.keys[:, :, :length]
             layer.values = layer.values[:, :, :length]
-
-
-def commit(out: list[int], new: Sequence[int], stopper, max_new_tokens: int) -> tuple[int, tuple | None]:
-    """Append ``new`` tokens to ``out`` up to the budget, cut at the first stop exactly where a
-    token-by-token decoder would have stopped. Returns (tokens committed, stop hit or None)."""
-    start = len(out)
-    out.extend(list(new)[: max_new_tokens - start])
-    hit = stopper.first_stop(out, start)
-    if hit is not None:
-        del out[hit[0] + 1:]
-    return len(out) - start, hit

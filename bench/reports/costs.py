@@ -12,7 +12,7 @@ import time
 from typing import Sequence
 
 import torch
-from accbench.methods.tree import block_forward, crop_cache, make_cache
+from accbench.methods.core.tree import block_forward, crop_cache, make_cache
 
 
 def _sync(device: torch.device) -> None:

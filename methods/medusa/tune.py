@@ -26,8 +26,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from .artifacts import artifact_dir, commit_dir, set_default
-from .errors import AccbenchError
+from accbench.training.artifacts import artifact_dir, commit_dir, set_default
+from accbench.errors import AccbenchError
 
 COST_KS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64)
 
@@ -79,8 +79,8 @@ def choose_tree(weights: dict, costs: dict[int, float], draft_s: float, max_node
 
 def held_out_stats(dec, console: Console) -> dict | None:
     """Recompute the heads' rank statistics on the held-out text cached at training time."""
-    from accbench.artifacts import method_dir
-    from accbench.medusa_train import FeatureCache, _sub_lookup, eval_targets, evaluate_heads
+    from accbench.training.artifacts import method_dir
+    from accbench.methods.medusa.train import FeatureCache, _sub_lookup, eval_targets, evaluate_heads
     from safetensors.torch import load_file
 
     cfg = dec.artifact_cfg
@@ -126,8 +126,8 @@ def draft_cost(dec, repeats: int = 30) -> float:
 
 def tune_tree(method: str, options: dict[str, Any], console: Console):
     from accbench import methods as registry
-    from accbench.costs import forward_cost
-    from accbench.medusa_train import accuracy_table
+    from accbench.reports.costs import forward_cost
+    from accbench.methods.medusa.train import accuracy_table
     from accbench.methods.medusa import device_tag, path_weights, tree_default_key
     from accbench.models import load_model
 

@@ -37,9 +37,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .artifacts import artifact_dir, commit_dir, config_hash, set_default
-from .errors import AccbenchError
-from .train_data import split_held_out, token_chunks
+from accbench.training.artifacts import artifact_dir, commit_dir, config_hash, set_default
+from accbench.errors import AccbenchError
+from accbench.training.train_data import split_held_out, token_chunks
 
 # Sized for a 2-core CPU: on smollm2-135m 9.0 min in all (trunk pass over 1000 windows of 128
 # tokens: 3:04). 80 windows / 80 steps, the first defaults, gave head-2 top-1 0.11: far too little.

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .stats import bootstrap_median, paired_ratio
+from accbench.reports.stats import bootstrap_median, paired_ratio
 
 GROUP = ("model", "device", "suite", "prompt_length")
 

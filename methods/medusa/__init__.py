@@ -36,9 +36,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from . import register
-from .base import Clock, DecoderBase, GenerationRecord, sample_from_logits, sampling_probs
-from .tree import (
+from accbench.methods import register
+from accbench.methods.core.base import Clock, DecoderBase, GenerationRecord, sample_from_logits, sampling_probs
+from accbench.methods.core.tree import (
     accept_greedy,
     block_forward,
     commit,
@@ -310,7 +310,7 @@ def resolve_tree(spec: Any, *, method: str, model_name: str | None, device, cfg:
     """``spec``: a list of paths, a JSON string of one, ``default`` (the tuned tree for this
     model and device, else a size-fitted greedy tree), ``chain``, or ``greedyN`` (the N-node
     tree of highest expected acceptance under the heads' measured accuracies)."""
-    from accbench.artifacts import get_default
+    from accbench.training.artifacts import get_default
 
     num_heads = int(cfg["heads"]["num_heads"])
     if isinstance(spec, str) and spec.strip().startswith("["):
@@ -351,7 +351,7 @@ class _MedusaBase(DecoderBase):
 
     def __init__(self, model, tokenizer, *, sampling=None, model_name=None, **options):
         super().__init__(model, tokenizer, sampling=sampling, model_name=model_name, **options)
-        from accbench.artifacts import get_default
+        from accbench.training.artifacts import get_default
         from accbench.errors import AccbenchError, NeedsTraining
 
         path = self.opts["heads"]
@@ -475,13 +475,13 @@ class _MedusaBase(DecoderBase):
 
     @classmethod
     def train(cls, request, console) -> Path:
-        from accbench.medusa_train import train_medusa
+        from accbench.methods.medusa.train import train_medusa
 
         return train_medusa(cls.name, request, console)
 
     @classmethod
     def tune(cls, options: dict, console) -> Path:
-        from accbench.medusa_trees import tune_tree
+        from accbench.methods.medusa.tune import tune_tree
 
         return tune_tree(cls.name, options, console)
 

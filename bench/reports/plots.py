@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
-from .runsets import (  # noqa: E402
+from accbench.reports.runsets import (  # noqa: E402
     BASELINE,
     RunSet,
     caption,

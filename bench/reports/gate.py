@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AccbenchError
-from .runsets import (
+from accbench.errors import AccbenchError
+from accbench.reports.runsets import (
     BASELINE,
     RunSet,
     ar_index,

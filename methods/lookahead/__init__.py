@@ -12,7 +12,7 @@ One forward per step carries, after the committed prefix in the KV cache (block 
 * up to ``G`` candidate n-grams of ``N-1`` tokens, candidate ``c`` token ``j`` at index
   ``1 + (N-1)*W + c*(N-1) + j``, depth ``j + 1``, each a causal chain from the current token.
 
-All of it goes through :func:`accbench.methods.tree.block_forward` (the project's one 4D-mask
+All of it goes through :func:`accbench.methods.core.tree.block_forward` (the project's one 4D-mask
 path). After the forward the outputs at the last level become the new last level (the other
 levels shift up), every column read down the levels plus its new output is an N-gram that goes
 into the pool (keyed by its first token, at most ``G`` per key, deduplicated, most recent
@@ -32,9 +32,9 @@ from typing import Any
 
 import torch
 
-from . import register
-from .base import Clock, DecoderBase, GenerationRecord, block_extra, sample_from_logits
-from .tree import accept_greedy, block_forward, commit, compact_cache, make_cache
+from accbench.methods import register
+from accbench.methods.core.base import Clock, DecoderBase, GenerationRecord, block_extra, sample_from_logits
+from accbench.methods.core.tree import accept_greedy, block_forward, commit, compact_cache, make_cache
 
 #: used when neither options nor a tuned default give W, N, G
 BUILTIN_DEFAULT = {"W": 4, "N": 4, "G": 4}
@@ -145,7 +145,7 @@ def device_key(device: torch.device | str, dtype: torch.dtype) -> str:
 
 
 def _tuned_path(model_name: str) -> Path:
-    from accbench.artifacts import method_dir
+    from accbench.training.artifacts import method_dir
 
     return method_dir(model_name, "lookahead") / TUNED_FILE
 
@@ -343,12 +343,12 @@ class LookaheadDecoder(DecoderBase):
         from accbench import suites as suite_registry
         from accbench.errors import AccbenchError
         from accbench.models import load_model
-        from accbench.runner import encode_prompt
+        from accbench.engine.runner import encode_prompt
         from rich.progress import Progress
         from rich.table import Table
 
-        from . import get
-        from .base import StopChecker
+        from accbench.methods import get
+        from accbench.methods.core.base import StopChecker
 
         model_name = options["model"]
         if not model_name:

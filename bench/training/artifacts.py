@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .models import cache_root
+from accbench.models import cache_root
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -1,0 +1,198 @@
+"""The one speculative decoding loop. A method supplies a :class:`Drafter`; the loop owns
+prefill, timing, the verification forward (or a plain one-token step when nothing is
+drafted), acceptance, KV compaction, commit at stop strings and budget, and every counter:
+
+* ``drafted[d]`` counts the steps whose proposal reached depth ``d + 1`` (chain length or
+  tree depth), ``accepted[d]`` those that committed a draft at depth ``d + 1``;
+* a draft cut by a stop string, EOS or the budget is not accepted (the stopping token is);
+* ``extra["blocks"]``: verification block size (root included) -> steps.
+
+Phases of a step: propose -> verification forward -> evaluate (greedy / sampled match, or
+the drafter's own rule) -> update the cache (keep the accepted path) -> commit -> observe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generator, Sequence
+
+import torch
+
+from accbench.methods.core.quirks import logits_from_hidden
+from accbench.methods.core.record import Clock, GenerationRecord
+from accbench.methods.core.sampling import sample_from_logits
+from accbench.methods.core.stopping import commit
+from accbench.methods.core.tree import accept_greedy, block_forward, compact_cache, make_cache
+
+
+@dataclass
+class Proposal:
+    """A verification block after the root (the last committed token, not yet in the cache).
+
+    ``depths`` / ``visible`` cover root + block. The verification tree is ``parents`` over the
+    block rows ``nodes`` (root 0 first; None: every row in order). ``rows`` restricts the
+    logits computed to those block rows (None: all); ``node_rows`` then says where each tree
+    node's logits are among them."""
+
+    tokens: list[int] | torch.Tensor  # the block after the root
+    depths: torch.Tensor
+    visible: torch.Tensor
+    parents: Sequence[int]
+    depth: int  # deepest draft position of the tree (0: no draft, the window alone)
+    nodes: Sequence[int] | None = None
+    rows: torch.Tensor | None = None
+    node_rows: list[int] | None = None
+
+
+@dataclass
+class Verified:
+    """What the loop tells the drafter after a step (one instance, updated in place)."""
+
+    prefill: bool = True
+    accepted: int = 0  # drafts accepted by verification (before a stop or the budget cut them)
+    committed: int = 1  # tokens committed by this step, bonus included
+    prefix: int = 0  # cached positions before the block
+    path: list[int] | None = None  # accepted tree nodes, root first
+    keep: list[int] | None = None  # their block rows
+    pred: list[int] | None = None  # greedy: argmax at every computed logits row
+    logits: torch.Tensor | None = None  # the computed logits rows
+    hidden: torch.Tensor | None = None  # final hidden states of the block rows (needs_hidden)
+
+
+class Drafter:
+    """Base drafter: proposes nothing (the loop then decodes one token per step)."""
+
+    #: the loop passes final hidden states (prefill: the last position; steps: every block row)
+    needs_hidden: bool = False
+
+    def prepare(self) -> None:
+        """Before the prefill forward (untimed set-up such as forward hooks)."""
+
+    def start(self, prompt: list[int], first: int, info: Verified) -> None:
+        """After the prefill (timed as drafting)."""
+
+    def propose(self, tokens: list[int], budget: int) -> Proposal | None:
+        """A block for the next step; at most ``budget`` draft tokens deep."""
+        return None
+
+    #: optional acceptance rule ``accept(logits, tokens) -> (path, bonus)`` used when sampling
+    accept = None
+
+    def observe(self, info: Verified) -> None:
+        """After every step's commit (timed as drafting)."""
+
+    def finish(self) -> dict[str, Any]:
+        """Extra record fields; always called (clean-up goes here)."""
+        return {}
+
+
+def speculative_decode(model, drafter: Drafter, ids: torch.Tensor, max_new_tokens: int, stopper, sampling,
+                       generator, *, lossless: bool, paired: bool = False) -> Generator[int, None, GenerationRecord]:
+    """Decode ``ids`` ([1, T]) with ``drafter``'s proposals verified by ``model``; a generator
+    that yields the committed-token count after every forward and returns the record."""
+    device, greedy = ids.device, sampling.greedy
+    n_prompt = ids.shape[1]
+    cache = make_cache(model)
+    clock = Clock(device, paired=paired)
+    info = Verified()
+    drafted: list[int] = []
+    accepted: list[int] = []
+    blocks: dict[int, int] = {}
+    step_pos = torch.arange(n_prompt + max_new_tokens, device=device)
+    draft_s = 0.0
+    drafter.prepare()
+    try:
+        clock.start()
+        if drafter.needs_hidden:  # prefill
+            info.hidden = model.model(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state[0, -1]
+            logits = logits_from_hidden(model, info.hidden)
+        else:
+            logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+        tokens = [int(sample_from_logits(logits, sampling, generator))]
+        ttft = clock.elapsed()
+        steps, forwards = [1], 1
+        hit = stopper.first_stop(tokens)
+        t = clock.elapsed()
+        drafter.start(ids[0].tolist(), tokens[0], info)
+        draft_s += clock.elapsed() - t
+        info.prefill = False
+        clock.pause()
+        yield 1
+        clock.resume()
+        while hit is None and len(tokens) < max_new_tokens:
+            t = clock.elapsed()
+            p = drafter.propose(tokens, max_new_tokens - len(tokens) - 1)  # propose
+            draft_s += clock.elapsed() - t
+            prefix = n_prompt + len(tokens) - 1  # cached: all but the last committed token
+            if p is None:  # nothing to verify: a plain one-token step, as AR does it
+                pos = step_pos[prefix: prefix + 1]
+                root = torch.tensor([[tokens[-1]]], device=device)
+                if drafter.needs_hidden:
+                    info.hidden = model.model(input_ids=root, past_key_values=cache, use_cache=True,
+                                              cache_position=pos).last_hidden_state[0]
+                    logits = logits_from_hidden(model, info.hidden)
+                else:
+                    logits = model(input_ids=root, past_key_values=cache, use_cache=True,
+                                   cache_position=pos).logits[0]
+                tree_tokens, parents, nodes, node_rows, depth, n = [tokens[-1]], [-1], None, None, 0, 1
+            else:  # the verification forward over root + block
+                if isinstance(p.tokens, torch.Tensor):
+                    block = torch.cat([torch.tensor([tokens[-1]], device=device), p.tokens])[None]
+                    tree_tokens = block[0].tolist()
+                else:
+                    tree_tokens = [tokens[-1]] + list(p.tokens)
+                    block = torch.tensor([tree_tokens], device=device)
+                logits, info.hidden = block_forward(model, cache, block, p.depths, p.visible,
+                                                    want_hidden=drafter.needs_hidden, logits_rows=p.rows)
+                parents, nodes, node_rows, depth, n = p.parents, p.nodes, p.node_rows, p.depth, block.shape[1]
+                if nodes is not None:
+                    tree_tokens = [tree_tokens[i] for i in nodes]
+            forwards += 1
+            blocks[n] = blocks.get(n, 0) + 1
+            # evaluate: the longest tree path the target agrees with, plus its bonus token
+            info.pred = None
+            if greedy:
+                info.pred = logits.argmax(dim=-1).tolist()
+                tree_pred = info.pred if node_rows is None else [info.pred[i] for i in node_rows]
+            else:
+                tree_logits = logits if node_rows is None else logits[node_rows]
+                if drafter.accept is not None:  # the method's own rule (Medusa's typical acceptance)
+                    path, bonus = drafter.accept(tree_logits, tree_tokens)
+                else:
+                    tree_pred = sample_from_logits(tree_logits, sampling, generator).tolist()
+            if greedy or drafter.accept is None:
+                path = accept_greedy(tree_tokens, parents, tree_pred) if len(tree_tokens) > 1 else [0]
+                bonus = tree_pred[path[-1]]
+            a = len(path) - 1
+            keep = path if nodes is None else [nodes[i] for i in path]
+            compact_cache(cache, prefix, keep)  # update the cache: only the accepted path stays
+            n_c, hit = commit(tokens, [tree_tokens[i] for i in path[1:]] + [bonus], stopper, max_new_tokens)
+            steps.append(n_c)
+            if depth > len(drafted):
+                drafted += [0] * (depth - len(drafted))
+                accepted += [0] * (depth - len(accepted))
+            counted = min(a, n_c)  # drafts cut by a stop or the budget are not accepted
+            for d in range(depth):
+                drafted[d] += 1
+                accepted[d] += d < counted
+            info.accepted, info.committed, info.prefix, info.path, info.keep, info.logits = a, n_c, prefix, path, keep, logits
+            t = clock.elapsed()
+            drafter.observe(info)
+            draft_s += clock.elapsed() - t
+            clock.pause()
+            yield len(tokens)
+            clock.resume()
+        total = clock.elapsed()
+    finally:
+        extra = drafter.finish()
+    return GenerationRecord(
+        tokens=tokens, ttft_s=ttft, total_s=total, forward_passes=forwards, tokens_per_step=steps,
+        drafted=drafted, accepted=accepted, lossless=lossless, finish_reason=hit[1] if hit else "length",
+        extra={"draft_s": draft_s, "verify_s": total - ttft - draft_s, **block_extra(blocks), **extra},
+    )
+
+
+def block_extra(blocks: dict[int, int]) -> dict[str, Any]:
+    """Verification blocks for ``GenerationRecord.extra``: ``blocks`` (block size -> decode
+    steps) and their step-weighted mean ``mean_block``."""
+    return {"blocks": blocks, "mean_block": sum(k * c for k, c in blocks.items()) / max(1, sum(blocks.values()))}
