@@ -65,3 +65,26 @@ def commit_dir(tmp: Path, final: Path) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, final)
     return final
+
+
+class ModelArtifacts:
+    """The artifact cache of one model, as decoders (``ArtifactStore``) and training and
+    tuning jobs (``ArtifactWriter``) see it."""
+
+    def __init__(self, model_name: str):
+        self.model_name = model_name
+
+    def default(self, key: str) -> Path | None:
+        return get_default(self.model_name, key)
+
+    def folder(self, key: str) -> Path:
+        return method_dir(self.model_name, key)
+
+    def dir_for(self, key: str, config: dict[str, Any]) -> Path:
+        return artifact_dir(self.model_name, key, config)
+
+    def commit(self, tmp: Path, final: Path) -> Path:
+        return commit_dir(tmp, final)
+
+    def set_default(self, key: str, path: Path, **info: Any) -> None:
+        set_default(self.model_name, key, path, **info)

@@ -33,6 +33,16 @@ class ArtifactStore(Protocol):
     def folder(self, key: str) -> Path: ...
 
 
+class NoArtifacts:
+    """The store of a decoder built without a harness: nothing is found."""
+
+    def default(self, key: str) -> Path | None:
+        return None
+
+    def folder(self, key: str) -> Path:
+        raise LookupError(f"no artifact store: pass artifacts= to look up {key!r}")
+
+
 @runtime_checkable
 class Decoder(Protocol):
     """What every method provides. Register an implementation with
@@ -72,7 +82,7 @@ class DecoderBase:
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name  # the registry name the model was loaded under
-        self.artifacts = artifacts
+        self.artifacts = artifacts or NoArtifacts()
         self.sampling = sampling or SamplingConfig()
         self.device = next(model.parameters()).device
         self.eos_ids = eos_ids_of(tokenizer, model)
