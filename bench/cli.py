@@ -54,20 +54,29 @@ def _json_object(value: str | None, flag: str) -> dict:
     return obj
 
 
-def parse_method_options(pairs: tuple[str, ...]) -> dict[str, dict]:
-    """``-o medusa1.tree=small -o lookahead.W=5`` -> {"medusa1": {"tree": "small"}, ...}."""
-    out: dict[str, dict] = {}
+def parse_method_options(pairs: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """``-o medusa1.tree=small -o lookahead.W=5`` -> {"medusa1": {"tree": "small"}, ...}: the
+    values as written; each method's ``Options`` parses and checks them (``parse_options``)."""
+    out: dict[str, dict[str, str]] = {}
     for p in pairs:
-        if "=" not in p or "." not in p.split("=", 1)[0]:
+        lhs = p.split("=", 1)[0]
+        if "=" not in p or "." not in lhs or not all(lhs.split(".", 1)):
             raise AccbenchError(f"--option expects METHOD.KEY=VALUE, got {p!r}")
-        lhs, value = p.split("=", 1)
         method, key = lhs.split(".", 1)
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        out.setdefault(method, {})[key] = parsed
+        out.setdefault(method, {})[key.strip()] = p.split("=", 1)[1]
     return out
+
+
+def _option_lines(method: str, cls) -> list[str]:
+    """One method's options, one line each: name, type, default, range, help."""
+    from accbench.engine.config import options_of
+    from accbench.methods.core.options import describe
+
+    lines = []
+    for o in describe(options_of(cls)):
+        rng = f", {o['range']}" if o["range"] else ""
+        lines.append(f"  -o {method}.{o['name']}=<{o['type']}>  (default {o['default']!r}{rng})  {o['help']}")
+    return lines or [f"  {method} has no options"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -110,7 +119,9 @@ def main() -> None:
 @click.option("--data", "data_file", type=click.Path(dir_okay=False), default=None,
               help="Data file for the summarization and prompts suites.")
 @click.option("--option", "-o", "options", multiple=True, metavar="METHOD.KEY=VALUE",
-              help="Method option (value parsed as JSON when it can be), e.g. -o lookahead.W=5.")
+              help="Method option, checked against the method's typed options before any model loads, "
+                   "e.g. -o pld.num_draft=5 (see --help-options or `accbench list`).")
+@click.option("--help-options", is_flag=True, help="Print the options of the --methods and exit.")
 @click.option("--prompt-lengths", default=None, metavar="N,N,...",
               help="Sweep axis: cut (middle truncation) or pack (other samples' text in front) every prompt "
                    "to each of these token counts, e.g. 512,1024,2048,4096.")
@@ -121,34 +132,41 @@ def main() -> None:
               help="Train a method's missing artifacts (e.g. Medusa heads) with its defaults instead of stopping.")
 @click.option("--executor", type=click.Choice(["local", "ray", "inline"]),
               default=lambda: os.environ.get("ACCBENCH_EXECUTOR", "local"), show_default="local",
-              help="local: each cell (method x model x suite x prompt length) in its own worker process, a crash "
-                   "fails that cell only; ray: each cell a Ray task; inline: everything in this process "
-                   "(debugging). Default from $ACCBENCH_EXECUTOR when set.")
+              help="local: each group (model x suite x prompt length, AR and every method decoding each "
+                   "sample in lockstep) in its own worker process, a crash fails that (method, sample) only; "
+                   "ray: each group a Ray task; inline: everything in this process (debugging). Default from "
+                   "$ACCBENCH_EXECUTOR when set.")
 @click.option("--address", default=None, metavar="auto|HOST:PORT|local",
               help="Ray cluster to use with --executor ray (default: $RAY_ADDRESS, else a new local instance).")
 @click.option("--ray-resources", default=None, metavar="JSON",
-              help='Custom Ray resources each cell asks for, e.g. \'{"H100": 1}\'.')
-@click.option("--ray-cpus", type=float, default=None, help="CPUs per Ray cell (default 1; CPU cells use that many threads).")
+              help='Custom Ray resources each group asks for, e.g. \'{"H100": 1}\'.')
+@click.option("--ray-cpus", type=float, default=None,
+              help="CPUs per Ray group (default 1; CPU groups use that many threads).")
 @click.option("--retries", type=int, default=None,
-              help="Re-runs of a failed cell on its remaining samples (default: 1 on ray, 0 locally).")
+              help="Re-runs of a (method, sample) whose worker process died (default 0), and on ray of a "
+                   "group whose task was lost, on what it left (default 1).")
 @click.option("--device-label", default=None,
               help="The rows' device name (default: the torch device; on ray plus the custom resources), "
                    "so runs on different hardware can share one results folder.")
 @click.option("--device-map", default=None, metavar="auto",
-              help="auto: shard a model too large for one GPU over the GPUs of the cell's node (accelerate).")
+              help="auto: shard a model too large for one GPU over the GPUs of the group's node (accelerate).")
 def run(methods, models, suites, limit, max_new_tokens, seed, temperature, top_p, dtype, device, repeats,
-        warmup, prompt_format, data_dir, data_file, options, prompt_lengths, out, overwrite,
+        warmup, prompt_format, data_dir, data_file, options, help_options, prompt_lengths, out, overwrite,
         train_missing, executor, address, ray_resources, ray_cpus, retries, device_label, device_map) -> None:
     """Run a sweep: methods x models x suites. Writes config.json, samples.jsonl and
     summary.csv into --out and prints a table per suite. Interrupt it at any time: rerunning
     the same command skips finished samples."""
-    from accbench.progress import RichProgress
+    from accbench.engine.config import SweepConfig
+    from accbench.engine.driver import run_sweep
     from accbench.engine.results import ResultsDir
-    from accbench.engine.runner import SweepConfig, run_sweep
+    from accbench.progress import RichProgress
     from accbench.reports.summary import summarize
     from accbench.reports.tables import summary_tables
 
     console = _console()
+    if help_options:
+        _print_method_options(_split(methods))
+        return
     model_list, suite_list = _split(models), _split(suites)
     out_path = Path(out) if out else Path("results") / f"{model_list[0].replace('/', '_')}-{'-'.join(suite_list)}"
     cfg = SweepConfig(
@@ -172,11 +190,26 @@ def run(methods, models, suites, limit, max_new_tokens, seed, temperature, top_p
     for t in summary_tables(frame):
         console.print(t)
     console.print(f"[dim]rows: {results.samples_path}  summary: {results.summary_path}[/dim]")
-    failed = results.config().get("failed_cells") or []
+    cfg_json = results.config()
+    failed = cfg_json.get("failed_cells") or []
     if failed:
-        console.print(f"[red]{len(failed)} cell(s) failed[/red]: {', '.join(failed)}; errors in "
+        n = len(cfg_json.get("failed_samples") or [])
+        console.print(f"[red]{n} sample(s) failed[/red] in {len(failed)} cell(s): {', '.join(failed)}; errors in "
                       f"{results.path / 'failed.jsonl'}. Rerun the same command to retry them.")
         sys.exit(1)
+
+
+def _print_method_options(names: list[str]) -> None:
+    from accbench import methods as method_registry
+
+    known = method_registry.available()
+    for m in names:
+        if m not in known:
+            raise AccbenchError(f"unknown method {m!r}; valid: {', '.join(known)}")
+    for m in names:
+        click.echo(f"{m}: {known[m].description}")
+        for line in _option_lines(m, known[m]):
+            click.echo(line)
 
 
 @main.command(name="list")
@@ -194,6 +227,7 @@ def list_cmd() -> None:
         status = getattr(cls, "readiness", None)
         t.add_row(name, "yes" if cls.lossless else "no", cls.description + (f" ({status()})" if status else ""))
     console.print(t)
+    _options_table(console, method_registry.available())
 
     t = Table(title="models", title_justify="left")
     for c in ("name", "source", "status", "description"):
@@ -210,118 +244,25 @@ def list_cmd() -> None:
     console.print(t)
 
 
-def _method_class(method: str, capability: str):
-    from accbench import methods as method_registry
+def _options_table(console: Console, known: dict[str, type]) -> None:
+    """Every method's options (``-o METHOD.KEY=VALUE``): type, default, range, help."""
+    from accbench.engine.config import options_of
+    from accbench.methods.core.options import describe
 
-    known = method_registry.available()
-    if method not in known:
-        raise AccbenchError(f"unknown method {method!r}; valid: {', '.join(known)}")
-    cls = known[method]
-    if not hasattr(cls, capability):
-        able = [n for n, c in known.items() if hasattr(c, capability)]
-        raise AccbenchError(f"method {method!r} has nothing to {capability}; methods that do: {', '.join(able) or 'none'}")
-    return cls
-
-
-def _key_values(pairs: tuple[str, ...]) -> dict:
-    out = {}
-    for p in pairs:
-        if "=" not in p:
-            raise AccbenchError(f"--option expects KEY=VALUE, got {p!r}")
-        k, v = p.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
-
-
-@main.command()
-@click.argument("method")
-@click.option("--model", default="smollm2-135m", show_default=True)
-@click.option("--steps", type=int, default=None, help="Optimizer steps (default: sized for this machine).")
-@click.option("--batch-size", type=int, default=None)
-@click.option("--lr", type=float, default=None)
-@click.option("--seq-len", type=int, default=None, help="Tokens per training sequence.")
-@click.option("--data-source", "sources", multiple=True, default=("mbpp", "cnndm"), show_default=True,
-              help="Never-evaluated splits: mbpp (task_ids 601-974), cnndm (items 500-999).")
-@click.option("--text", "text_files", multiple=True, type=click.Path(dir_okay=False),
-              help="Extra training text file(s), documents separated by blank lines.")
-@click.option("--targets", type=click.Choice(["self", "ground-truth"]), default="self", show_default=True,
-              help="self: the backbone's own predictions (self-distillation); ground-truth: the text.")
-@click.option("--dtype", default=None)
-@click.option("--device", default=None)
-@click.option("--data-dir", default=None)
-@click.option("--restart", is_flag=True, help="Ignore an existing checkpoint and start over.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE", help="Method-specific option.")
-def train(method, model, steps, batch_size, lr, seq_len, sources, text_files, targets, dtype, device, data_dir,
-          restart, seed, options) -> None:
-    """Train what METHOD needs (Medusa heads, MTP heads) for --model. Checkpoints as it goes;
-    rerunning resumes an interrupted training."""
-    from accbench.training.train_data import TrainRequest
-
-    cls = _method_class(method, "train")
-    req = TrainRequest(method=method, model=model, steps=steps, batch_size=batch_size, lr=lr, seq_len=seq_len,
-                       sources=sources, text_files=text_files, targets=targets, dtype=dtype, device=device,
-                       data_dir=data_dir, restart=restart, seed=seed, options=_key_values(options))
-    try:
-        cls.train(req, _console())
-    except KeyboardInterrupt:
-        _console().print("[yellow]Interrupted.[/yellow] The last checkpoint is kept; rerun the same command to resume.")
-        sys.exit(130)
-
-
-def _tune(method, model, dtype, device, data_dir, options) -> None:
-    cls = _method_class(method, "tune")
-    cls.tune(dict(model=model, dtype=dtype, device=device, data_dir=data_dir, **_key_values(options)), _console())
-
-
-_tune_options = [
-    click.option("--model", default="smollm2-135m", show_default=True),
-    click.option("--dtype", default=None),
-    click.option("--device", default=None),
-    click.option("--data-dir", default=None),
-    click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE"),
-]
-
-
-def _with(options):
-    def deco(f):
-        for o in reversed(options):
-            f = o(f)
-        return f
-    return deco
-
-
-@main.command()
-@click.argument("method")
-@_with(_tune_options)
-def tune(method, model, dtype, device, data_dir, options) -> None:
-    """Fit METHOD's structure (Medusa tree, Lookahead W/N/G) to this model and device by
-    measuring, and save it as that method's default here."""
-    _tune(method, model, dtype, device, data_dir, options)
-
-
-@main.command(name="tune-tree")
-@click.option("--method", default="medusa1", show_default=True)
-@_with(_tune_options)
-def tune_tree(method, model, dtype, device, data_dir, options) -> None:
-    """Pick the Medusa tree that maximizes expected tokens/s on this device (= tune METHOD)."""
-    _tune(method, model, dtype, device, data_dir, options)
-
-
-@main.command(name="tune-lookahead")
-@_with(_tune_options)
-def tune_lookahead(model, dtype, device, data_dir, options) -> None:
-    """Pick Lookahead's W, N, G for this model and device by measuring (= tune lookahead)."""
-    _tune("lookahead", model, dtype, device, data_dir, options)
+    t = Table(title="method options (-o METHOD.KEY=VALUE)", title_justify="left")
+    for c in ("method", "option", "type", "default", "range", "help"):
+        t.add_column(c)
+    for name, cls in known.items():
+        for o in describe(options_of(cls)):
+            t.add_row(name, o["name"], o["type"], repr(o["default"]), o["range"] or "-", o["help"])
+    console.print(t)
 
 
 # Commands that live in their own modules (reports, gates, executors...): (module, attribute).
 # Third-party packages add commands through the ``accbench.commands`` entry-point group.
 COMMAND_MODULES = [
     ("accbench.reports.report", "commands"),
+    ("accbench.training.commands", "commands"),
     ("accbench.lmeval", "commands"),
 ]
 

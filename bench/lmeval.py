@@ -123,7 +123,7 @@ class _AccbenchLMImpl:
         return dec
 
     def _encode(self, text: str) -> list[int]:
-        from accbench.engine.runner import encode_prompt
+        from accbench.engine.prompts import encode_prompt
 
         return encode_prompt(self.tokenizer, text, self.prompt_format)
 

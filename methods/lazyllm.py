@@ -51,7 +51,8 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from accbench.methods import register
-from accbench.methods.core.base import Clock, DecoderBase, GenerationRecord, sample_from_logits
+from accbench.methods.core import Clock, DecoderBase, GenerationRecord, OptionError, option, sample_from_logits
+from accbench.methods.core.quirks import final_softcap, softcap, text_config
 
 SUPPORTED = ("llama", "gemma3_text")
 DEFAULT_PRUNE_RATE = 0.3  # see bench/benchmarks/lazyllm_ttft.py and the README for why
@@ -186,12 +187,25 @@ class LazyLLMDecoder(DecoderBase):
     lossless = False
     description = ("LazyLLM: prune unimportant prompt tokens layer by layer (last-token attention), "
                    "revive them from the Aux Cache when needed; speeds up TTFT on long prompts.")
-    options = {"prune_layers": None, "keep": None, "prune_rate": None, "stages": DEFAULT_STAGES,
-               "min_prompt": 0}
+
+    @dataclass
+    class Options:
+        prune_layers: str | int | list | None = option(None, "layers after which prompt tokens are pruned, e.g. 8,15,23")
+        keep: str | float | list | None = option(None, "fraction of the prompt kept after each prune layer (one value or one per layer)")
+        prune_rate: float | None = option(None, f"without prune_layers: prune this fraction per stage (default {DEFAULT_PRUNE_RATE})",
+                                          ge=0.0)
+        stages: int = option(DEFAULT_STAGES, "without prune_layers: evenly spaced prune stages", ge=1)
+        min_prompt: int = option(0, "prompts shorter than this are not pruned", ge=0)
+
+        def __post_init__(self):
+            try:  # everything but the layer range, which needs the model
+                resolve_schedule(1 << 20, self.prune_layers, self.keep, self.prune_rate, self.stages)
+            except ValueError as e:
+                raise OptionError(f"lazyllm: {e}") from None
 
     def __init__(self, model, tokenizer, **kw):
         super().__init__(model, tokenizer, **kw)
-        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        cfg = text_config(model)
         if cfg.model_type not in SUPPORTED:
             raise ValueError(f"lazyllm supports {', '.join(SUPPORTED)} models (Llama and Gemma 3 "
                              f"architectures); this one is {cfg.model_type!r}")
@@ -214,7 +228,7 @@ class LazyLLMDecoder(DecoderBase):
         self.heads = cfg.num_attention_heads
         self.rope_fn = sys.modules[type(attn0).__module__].apply_rotary_pos_emb
         self.softcap = getattr(cfg, "attn_logit_softcapping", None)
-        self.final_cap = getattr(cfg, "final_logit_softcapping", None)
+        self.final_cap = final_softcap(model)
         self.lm_head = model.get_output_embeddings()
 
     # ---------------------------------------------------------------- helpers
@@ -231,10 +245,7 @@ class LazyLLMDecoder(DecoderBase):
         return out
 
     def _logits(self, h_last: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head(self.backbone.norm(h_last))
-        if self.final_cap:
-            logits = torch.tanh(logits / self.final_cap) * self.final_cap
-        return logits
+        return softcap(self.lm_head(self.backbone.norm(h_last)), self.final_cap)
 
     def _importance(self, q_row: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
         """Attention probabilities of one query ``q_row`` [1, heads, 1, d] over ``keys``
@@ -242,8 +253,7 @@ class LazyLLMDecoder(DecoderBase):
         g = self.heads // self.kv_heads
         q = q_row[0, :, 0].reshape(self.kv_heads, g, -1).float()
         s = torch.matmul(q, keys[0].float().transpose(1, 2)) * scaling  # [kv, g, n]
-        if self.softcap:
-            s = torch.tanh(s / self.softcap) * self.softcap
+        s = softcap(s, self.softcap)
         return torch.softmax(s, dim=-1).mean(dim=(0, 1))
 
     def _layer(self, li: int, h: torch.Tensor, pos: torch.Tensor, first_pos: int, last_pos: int,
@@ -427,15 +437,15 @@ class LazyLLMDecoder(DecoderBase):
             m &= d < self.window
         return m[None, None], 0
 
-    # ---------------------------------------------------------------- generate
+    # ---------------------------------------------------------------- decode
 
     @torch.inference_mode()
-    def generate(self, prompt_ids, max_new_tokens: int, stop=None) -> GenerationRecord:
+    def decode(self, prompt_ids, max_new_tokens: int, stop=None):
         stopper = self._stop_checker(stop)
         sampling, gen = self.sampling, self._generator
         ids = self._prompt_tensor(prompt_ids)
         n_prompt = ids.shape[1]
-        clock = Clock(self.device)
+        clock = Clock(self.device, paired=self.paired)
 
         clock.start()
         state, logits, rope = self.prefill(ids, n_prompt + max_new_tokens)
@@ -444,6 +454,9 @@ class LazyLLMDecoder(DecoderBase):
         ttft = clock.elapsed()
         hit = stopper.first_stop(tokens)
         while hit is None and len(tokens) < max_new_tokens:
+            clock.pause()
+            yield len(tokens)
+            clock.resume()
             logits = self.step(state, nxt.view(1, 1), n_prompt + len(tokens) - 1, rope)
             nxt = sample_from_logits(logits, sampling, gen)
             tokens.append(int(nxt))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from accbench import suites as suite_registry
 from accbench.methods import SamplingConfig, StopChecker, get
-from accbench.engine.runner import encode_prompt
+from accbench.engine.prompts import encode_prompt
 
 
 def _generate_ref(model, ids, budget, eos, stopper=None):

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 def test_bench_prompts_use_each_suites_run_format(smollm2):
     from accbench import suites as suite_registry
     from accbench.benchmarks import bench_prompts
-    from accbench.engine.runner import encode_prompt
+    from accbench.engine.prompts import encode_prompt
 
     tok = smollm2.tokenizer
     got = bench_prompts(tok, "mbpp,cnndm", 2, [tok.eos_token_id])

@@ -189,7 +189,7 @@ def test_end_to_end_smollm2(tmp_path):
 
 
 def test_fit_to_length_cuts_middle_and_packs_in_front():
-    from accbench.engine.runner import fit_to_length
+    from accbench.engine.prompts import fit_to_length
 
     ids = [1] + list(range(100, 120))  # BOS + 20 tokens
     cut = fit_to_length(ids, 10, [7, 8, 9], bos_id=1)

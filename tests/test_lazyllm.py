@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from accbench.methods.core import OptionError
 import torch
 from accbench.methods.ar import ARDecoder
 from accbench.methods.lazyllm import LazyLLMDecoder, computed_fraction_bound, resolve_schedule
@@ -21,7 +22,7 @@ def _ids(loaded, n_tokens: int) -> list[int]:
 
 
 def _longbench_ids(loaded, n_tokens: int, index: int = 0) -> list[int]:
-    from accbench.engine.runner import encode_prompt, fit_to_length
+    from accbench.engine.prompts import encode_prompt, fit_to_length
     from accbench.suites import build
 
     samples = list(build("longbench-multinews").samples(limit=index + 2))
@@ -71,8 +72,10 @@ def test_schedule_resolution():
 
 
 def test_unknown_option_and_architecture(tiny_llama):
-    with pytest.raises(ValueError):
+    with pytest.raises(OptionError, match="no option 'keep_ratio'; valid: prune_layers"):
         LazyLLMDecoder(tiny_llama.model, tiny_llama.tokenizer, keep_ratio=0.5)
+    with pytest.raises(OptionError, match="keep ratios must be in"):
+        LazyLLMDecoder(tiny_llama.model, tiny_llama.tokenizer, prune_layers="3", keep="1.5")
 
 
 # ----------------------------------------------------------------------------- exactness
@@ -223,7 +226,8 @@ def test_longbench_multinews_suite():
 
 
 def test_lazyllm_in_a_prompt_length_sweep(tiny_llama, tmp_path):
-    from accbench.engine.runner import SweepConfig, run_sweep
+    from accbench.engine.config import SweepConfig
+    from accbench.engine.driver import run_sweep
     from accbench.reports.summary import summarize
     from accbench.reports.tables import summary_tables
 

@@ -1,16 +1,23 @@
 """Lookahead decoding: the block layout (mask + positions) against sequential decoding of every
 chain, the Jacobi window / n-gram pool update on a hand-made trajectory, and lossless equality
-with AR on tiny random models and on smollm2-135m real prompts (EOS / stop inside a run)."""
+with AR on tiny random models and on smollm2-135m real prompts (EOS / stop inside a run), the
+loop's budget (no candidate deeper than the tokens left), seeded sampling, and tuning W, N, G
+into the model's artifact store."""
 
+import io
+import json
 import random
 
 import pytest
 import torch
 from accbench import suites as suite_registry
-from accbench.methods import StopChecker, get
-from accbench.methods.lookahead import NgramPool, advance_window, lookahead_layout
+from accbench.methods import SamplingConfig, StopChecker, get
+from accbench.methods.core import OptionError, TuneJob, Verified
+from accbench.methods.lookahead import LookaheadDrafter, NgramPool, advance_window, device_key, lookahead_layout
+from accbench.methods.lookahead.tune import tune
 from accbench.methods.core.tree import block_forward, make_cache
-from accbench.engine.runner import encode_prompt
+from accbench.engine.prompts import encode_prompt
+from rich.console import Console
 
 
 def _chains(W, N, G):
@@ -121,10 +128,75 @@ def test_options_and_errors(tiny_llama):
     cls = get("lookahead")
     d = cls(tiny_llama.model, tiny_llama.tokenizer, W=2, N=3, G=1)
     assert (d.W, d.N, d.G, d.params_source) == (2, 3, 1, "options")
-    with pytest.raises(ValueError):
+    with pytest.raises(OptionError):
         cls(tiny_llama.model, tiny_llama.tokenizer, W=0, N=3, G=1)
-    with pytest.raises(ValueError):
+    with pytest.raises(OptionError):
         cls(tiny_llama.model, tiny_llama.tokenizer, window=3)
+
+
+def test_proposals_never_exceed_the_budget(tiny_llama):
+    dec = get("lookahead")(tiny_llama.model, tiny_llama.tokenizer, W=2, N=4, G=2)
+    drafter = LookaheadDrafter(dec)
+    prompt = [5, 6, 7, 5, 8, 9, 5, 6, 7]
+    drafter.start(prompt, 5, Verified())
+    tokens = [5]
+    g = len(drafter.pool.get(5))
+    assert g == 2  # seeded from the prompt: (6, 7, 5) and (8, 9, 5)
+    full = drafter.propose(tokens, 10)
+    assert full.depth == 3 and len(full.nodes) == 1 + 2 * 3 and len(full.rows) == 1 + 2 + 2 * 3
+    for budget in (1, 2):
+        p = drafter.propose(tokens, budget)
+        assert p.depth == budget and len(p.nodes) == 1 + g * budget
+        assert len(p.tokens) == len(full.tokens)  # the same block, fewer tree nodes and logits rows
+        assert p.node_rows == [0] + list(range(1 + 2, 1 + 2 + g * budget))
+        assert [int(p.rows[i]) for i in p.node_rows] == p.nodes
+    assert drafter.propose(tokens, 0) is None
+    # end to end: no step drafts deeper than what is left to generate
+    ids = tiny_llama.tokenizer("abc abc abc abc abc").input_ids
+    for budget in (1, 2, 3, 5):
+        r = dec.generate(ids, budget)
+        assert r.n_new == budget and len(r.drafted) <= budget - 1
+
+
+def test_sampling_runs_and_repeats_with_the_seed(tiny_llama):
+    la = get("lookahead")(tiny_llama.model, tiny_llama.tokenizer, sampling=SamplingConfig(temperature=0.8, seed=3),
+                          W=3, N=3, G=3)
+    ids = tiny_llama.tokenizer("the cat the cat the cat the").input_ids
+    a = la.generate(ids, 20)
+    la.reseed(3)
+    b = la.generate(ids, 20)
+    assert a.tokens == b.tokens and a.n_new == sum(a.tokens_per_step) <= 20
+    assert not a.lossless
+
+
+def test_tune_saves_a_default_the_decoder_uses(tiny_llama, tmp_path, monkeypatch):
+    from accbench.training.artifacts import ModelArtifacts
+
+    monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path))
+    lm, store = tiny_llama, ModelArtifacts("tiny-random-llama")
+    prompts = [lm.tokenizer(t).input_ids for t in TEXTS[:2]]
+    logged = []
+    job = TuneJob(method="lookahead", model_name="tiny-random-llama", model=lm.model, tokenizer=lm.tokenizer,
+                  prompts=prompts, stop=StopChecker(lm.tokenizer, [], get("ar")(lm.model, lm.tokenizer).eos_ids),
+                  artifacts=store, device=lm.device, dtype=lm.dtype,
+                  options={"max_new_tokens": "12", "grid": "2,3,2;1,2,1"}, log=logged.append)
+    path = tune(job)
+    assert path == store.folder("lookahead") / "tuned.json" and path.parent.is_relative_to(tmp_path)
+    saved = json.loads(path.read_text())[device_key(lm.model.device, lm.model.dtype)]
+    assert (saved["W"], saved["N"], saved["G"]) in {(2, 3, 2), (1, 2, 1)} and len(saved["grid"]) == 2
+    assert all(r["identical"] for r in saved["grid"]) and any("saved W=" in m for m in logged)
+    assert not list(path.parent.glob("*.tmp"))
+    d = get("lookahead")(lm.model, lm.tokenizer, artifacts=store)
+    assert (d.W, d.N, d.G, d.params_source) == (saved["W"], saved["N"], saved["G"], "tuned")
+    shown = io.StringIO()  # the decoder's classmethod runs the same search; a console gets a table
+    assert get("lookahead").tune(TuneJob(**{**vars(job), "console": Console(file=shown, width=200)})) == path
+    assert "lookahead grid" in shown.getvalue() and "speedup" in shown.getvalue()
+    plain = get("lookahead")(lm.model, lm.tokenizer)  # no store: the built-in defaults
+    assert (plain.W, plain.N, plain.G, plain.params_source) == (4, 4, 4, "builtin")
+    with pytest.raises(OptionError):
+        tune(TuneJob(**{**vars(job), "options": {"grid": "3,3"}}))
+    with pytest.raises(OptionError):
+        tune(TuneJob(**{**vars(job), "options": {"prompts": 2}}))
 
 
 # ---------------------------------------------------------------- real prompts (smollm2)

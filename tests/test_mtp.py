@@ -15,7 +15,7 @@ from accbench.methods.mtp import (
     head_logits,
     load_meta_checkpoint,
 )
-from accbench.engine.runner import encode_prompt
+from accbench.engine.prompts import encode_prompt
 
 TEXTS = ["abc abc abc abc abc", "the cat the cat the cat the", "def f(x): return x\ndef g(x): return x\ndef h(x):",
          "1 2 3 4 1 2 3 4 1 2 3 4"]
@@ -26,19 +26,26 @@ def _no_stop(tok):
 
 
 def _oracle(dec, n_prompt, ref, corrupt_every=0):
-    """Make ``dec`` draft the AR continuation ``ref`` (the heads still run, so their caches
-    evolve as usual); every ``corrupt_every``-th draft position is made wrong."""
-    real = dec._draft
+    """Make ``dec``'s drafters draft the AR continuation ``ref`` (the heads still run, so their
+    caches evolve as usual); every ``corrupt_every``-th draft position is made wrong."""
+    make = dec.drafter
 
-    def draft(h, positions, hcache, k):
-        real(h, positions, hcache, k)
-        c = int(positions[-1]) - n_prompt + 2  # tokens committed so far
-        out = list(ref[c : c + k])
-        if corrupt_every:
-            out = [(t + 1) % 200 + 3 if (c + i) % corrupt_every == 0 else t for i, t in enumerate(out)]
-        return out + [3] * (k - len(out))
+    def drafter(n_positions):
+        d = make(n_positions)
+        real = d.draft
 
-    dec._draft = draft
+        def draft(h, positions, k):
+            real(h, positions, k)
+            c = int(positions[-1]) - n_prompt + 2  # tokens committed so far
+            out = list(ref[c : c + k])
+            if corrupt_every:
+                out = [(t + 1) % 200 + 3 if (c + i) % corrupt_every == 0 else t for i, t in enumerate(out)]
+            return out + [3] * (k - len(out))
+
+        d.draft = draft
+        return d
+
+    dec.drafter = drafter
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
@@ -117,11 +124,58 @@ def test_head_caches_equal_recomputation_after_rejections(fixture, request):
 
 
 def test_missing_heads_need_training(tiny_llama, tmp_path, monkeypatch):
-    from accbench.errors import NeedsTraining
+    from accbench.methods.core.errors import NeedsTraining
+    from accbench.training.artifacts import ModelArtifacts
 
     monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path))
     with pytest.raises(NeedsTraining):
         MTPDecoder(tiny_llama.model, tiny_llama.tokenizer, model_name="tiny-random-llama")
+    with pytest.raises(NeedsTraining):  # the harness's store has no trained heads either
+        MTPDecoder(tiny_llama.model, tiny_llama.tokenizer, model_name="tiny-random-llama",
+                   artifacts=ModelArtifacts("tiny-random-llama"))
+
+
+def test_default_heads_come_from_the_artifact_store(tiny_llama, tmp_path):
+    heads = MTPHeads(tiny_llama.model, 2)
+    heads.init_from_backbone(tiny_llama.model, "random", seed=1)
+    heads.save(tmp_path / "trained")
+
+    class Store:
+        def default(self, key):
+            return tmp_path / "trained" if key == "mtp" else None
+
+        def folder(self, key):
+            return tmp_path
+
+    dec = MTPDecoder(tiny_llama.model, tiny_llama.tokenizer, model_name="tiny-random-llama", artifacts=Store())
+    assert dec.heads_dir == tmp_path / "trained" and dec.heads.n_extra == 2 == dec.num_draft
+    for k, v in heads.state_dict().items():
+        torch.testing.assert_close(dec.heads.state_dict()[k], v)
+
+
+def test_string_options_are_validated(tiny_llama):
+    from accbench.methods.core.options import OptionError
+
+    tok = tiny_llama.tokenizer
+    dec = MTPDecoder(tiny_llama.model, tok, heads="random", num_draft="2", n="3", branch_layer="-1", seed="7")
+    assert (dec.num_draft, dec.heads.n_extra, dec.heads.branch_layer) == (2, 2, len(tiny_llama.model.model.layers) - 1)
+    assert dec.options.draft_vocab == "auto" and dec.options.seed == 7
+    assert MTPDecoder(tiny_llama.model, tok, heads="random", num_draft="none").num_draft == 3
+    assert MTPDecoder(tiny_llama.model, tok, heads="random", num_draft="9").num_draft == 3  # capped at the heads
+    for bad in ({"num_draft": "abc"}, {"num_draft": "-1"}, {"n": "1"}, {"draft_vocab": "tiny"}, {"seed": "x"},
+                {"branch_layer": "1.5"}, {"heads_dir": "x"}):
+        with pytest.raises(OptionError):
+            MTPDecoder(tiny_llama.model, tok, heads="random", **bad)
+
+
+def test_no_drafts_decodes_one_token_per_step(tiny_llama):
+    """num_draft=0: nothing is drafted, every step is a plain one-token step (AR's tokens)."""
+    tok = tiny_llama.tokenizer
+    ids = tok(TEXTS[0]).input_ids
+    a = get("ar")(tiny_llama.model, tok).generate(ids, 20, _no_stop(tok))
+    m = MTPDecoder(tiny_llama.model, tok, heads="random", num_draft=0).generate(ids, 20, _no_stop(tok))
+    assert m.tokens == a.tokens and m.tokens_per_step == [1] * 20 and m.drafted == []
+    assert m.extra["blocks"] == {1: 19}
 
 
 # --------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ def bench_prompts(tokenizer, suites: str, n: int, eos_ids, *, prompt_format: str
     summarization), each with the suite's stop rule."""
     from accbench import suites as suite_registry
     from accbench.methods import StopChecker
-    from accbench.engine.runner import encode_prompt, suite_format
+    from accbench.engine.prompts import encode_prompt, suite_format
 
     out = []
     for name in [s.strip() for s in suites.split(",") if s.strip()]:

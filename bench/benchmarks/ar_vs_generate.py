@@ -17,7 +17,7 @@ import torch
 from accbench import suites as suite_registry
 from accbench.methods import StopChecker, get
 from accbench.models import load_model
-from accbench.engine.runner import encode_prompt, suite_format
+from accbench.engine.prompts import encode_prompt, suite_format
 from accbench.reports.stats import bootstrap_median, first_divergence
 from rich.console import Console
 from rich.table import Table

@@ -32,7 +32,7 @@ from accbench import suites as suite_registry
 from accbench.methods import StopChecker, get
 from accbench.methods.lazyllm import resolve_schedule
 from accbench.models import load_model
-from accbench.engine.runner import encode_prompt, fit_to_length
+from accbench.engine.prompts import encode_prompt, fit_to_length
 from accbench.reports.stats import bootstrap_median
 from rich.console import Console
 from rich.table import Table

@@ -8,7 +8,6 @@ place, so a crash never leaves a half artifact that is later trusted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -16,12 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from accbench.methods.training import config_hash
 from accbench.models import cache_root
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    blob = json.dumps(config, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
 
 
 def _safe(name: str) -> str:

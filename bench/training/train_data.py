@@ -10,7 +10,6 @@ Evaluation uses MBPP 11-510 and CNN/DM 0-499, so nothing here is ever scored.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -46,47 +45,3 @@ def training_documents(sources: Sequence[str] = ("mbpp", "cnndm"), extra_files: 
     if not docs:
         raise AccbenchError("no training text: give --data-source or --text FILE")
     return docs
-
-
-def token_chunks(tokenizer, docs: Sequence[str], seq_len: int, *, min_len: int = 16) -> list[list[int]]:
-    """Tokenize documents and cut them into windows of at most ``seq_len`` tokens."""
-    chunks: list[list[int]] = []
-    for d in docs:
-        ids = tokenizer(d).input_ids
-        for s in range(0, len(ids), seq_len):
-            piece = ids[s : s + seq_len]
-            if len(piece) >= min_len:
-                chunks.append(piece)
-    return chunks
-
-
-def split_held_out(chunks: list[list[int]], frac: float = 0.05, seed: int = 0) -> tuple[list, list]:
-    """Shuffle deterministically and keep ``frac`` (at least one chunk) for held-out accuracy."""
-    order = list(range(len(chunks)))
-    random.Random(seed).shuffle(order)
-    n_held = max(1, int(len(chunks) * frac))
-    held = [chunks[i] for i in order[:n_held]]
-    train = [chunks[i] for i in order[n_held:]]
-    return train, held
-
-
-class TrainRequest:
-    """What `accbench train METHOD` hands to ``MethodClass.train(request, console)``.
-
-    Fields left as None mean "the method's default" (sized for a 2-core CPU on the packaged
-    models; a GPU run scales them up with --steps / --batch-size)."""
-
-    def __init__(self, *, method: str, model: str, steps: int | None = None, batch_size: int | None = None,
-                 lr: float | None = None, seq_len: int | None = None, sources: Sequence[str] = ("mbpp", "cnndm"),
-                 text_files: Sequence[str] = (), targets: str = "self", dtype: str | None = None,
-                 device: str | None = None, data_dir: str | None = None, restart: bool = False, seed: int = 0,
-                 options: dict | None = None):
-        self.method, self.model = method, model
-        self.steps, self.batch_size, self.lr, self.seq_len = steps, batch_size, lr, seq_len
-        self.sources, self.text_files, self.targets = list(sources), list(text_files), targets
-        self.dtype, self.device, self.data_dir = dtype, device, data_dir
-        self.restart, self.seed = restart, seed
-        self.options = dict(options or {})
-
-    def documents(self) -> list[str]:
-        return training_documents(self.sources, self.text_files, self.data_dir)

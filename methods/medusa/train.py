@@ -1,12 +1,12 @@
 """`accbench train medusa1|medusa2`: train Medusa heads (and, for Medusa-2, a LoRA delta of
-the backbone) on text from never-evaluated splits.
+the backbone) on the job's documents (never-evaluated splits and user text).
 
-Data. Documents (MBPP 601-974, CNN/DM 500-999, user files) are split by document into
-training and held-out sets (4% held out, deterministic). The backbone runs once over the
-chosen chunks; its final hidden states (float16), its own argmax at every position and the
-token ids are cached (``<cache>/artifacts/<model>/medusa-data/<hash>/``, in parts, so an
-interrupted pass resumes). Medusa-1 then trains its heads on the cached states only: the
-frozen backbone never runs again. Medusa-2 reuses the same cache as its teacher.
+Data. Documents are split by document into training and held-out sets (4% held out,
+deterministic). The backbone runs once over the chosen chunks; its final hidden states
+(float16), its own argmax at every position and the token ids are cached
+(``artifacts.folder("medusa-data")/<hash>/``, in parts, so an interrupted pass resumes).
+Medusa-1 then trains its heads on the cached states only: the frozen backbone never runs
+again. Medusa-2 reuses the same cache as its teacher.
 
 Targets. ``self`` (default, self-distillation, teacher-forced): head k at position t learns
 the backbone's own prediction for token t+k+1 (its argmax at t+k). ``ground-truth``: the
@@ -21,37 +21,48 @@ Recipes.
   CE_k. The LoRA delta is saved (backbone_delta.safetensors) and merged at load time.
 
 Checkpoints (heads, LoRA, optimizer, step) go to ``<artifact>.work/`` every ``ckpt_every``
-steps and on Ctrl-C; rerunning the same command resumes there (``--restart`` discards it).
-The final artifact (heads.safetensors, config.json with per-head held-out accuracies and
-the rank statistics the tree tuner uses) is written atomically and made the default.
+steps and on Ctrl-C (``accbench.methods.training``); rerunning the same command resumes
+there (``--restart`` discards it). The final artifact (heads.safetensors, config.json with
+per-head held-out accuracies and the rank statistics the tree tuner uses) is committed
+atomically and made the default.
 """
 
 from __future__ import annotations
 
+import copy
 import json
-import math
-import os
 import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
-from accbench.training.artifacts import artifact_dir, commit_dir, config_hash, method_dir, set_default
-from accbench.errors import AccbenchError
-from accbench.training.train_data import token_chunks
+from accbench.methods.core.errors import AccbenchError
+from accbench.methods.core.jobs import TrainJob
+from accbench.methods.core.quirks import logits_from_hidden
+from accbench.methods.medusa import (
+    CONFIG_FILE,
+    DELTA_FILE,
+    HEADS_FILE,
+    MedusaHeads,
+    add_lora,
+    lm_head_sub,
+    lora_delta,
+    merge_delta,
+)
+from accbench.methods.training import (
+    Checkpoint,
+    ProgressLog,
+    config_hash,
+    documents_hash,
+    save_atomic,
+    token_chunks,
+    train_steps,
+    work_dir,
+)
 
 # Defaults sized for the packaged 135M-270M models on a 2-core CPU (medusa1 on smollm2-135m,
 # idle machine: 13.4 min = 3:40 backbone pass over 160k tokens + 9:34 of head steps); a GPU
@@ -85,10 +96,6 @@ TOPK_STATS = 10
 HELD_FRAC = 0.04
 
 
-class TrainingStopped(KeyboardInterrupt):
-    """Raised after ``stop_after`` steps (a checkpoint has been written), like Ctrl-C."""
-
-
 # --------------------------------------------------------------------------------------
 # data: documents -> chunks -> cached backbone states
 # --------------------------------------------------------------------------------------
@@ -113,14 +120,6 @@ def _take(chunks: list[list[int]], budget: int, seed: int) -> list[list[int]]:
         out.append(chunks[i])
         n += len(chunks[i])
     return out
-
-
-def _files_sig(files: list[str]) -> list:
-    sig = []
-    for f in files:
-        st = os.stat(f)
-        sig.append([str(Path(f).resolve()), st.st_size, int(st.st_mtime)])
-    return sig
 
 
 class FeatureCache:
@@ -158,8 +157,6 @@ class FeatureCache:
 
 @torch.inference_mode()
 def _encode_part(model, chunks: list[list[int]], device) -> dict[str, torch.Tensor]:
-    from accbench.methods.core.tree import logits_from_hidden
-
     lens = [len(c) for c in chunks]
     t = max(lens)
     ids = torch.zeros(len(chunks), t, dtype=torch.long)
@@ -177,43 +174,27 @@ def _encode_part(model, chunks: list[list[int]], device) -> dict[str, torch.Tens
             "lengths": torch.tensor(lens, dtype=torch.int64)}
 
 
-def build_features(lm, req, opts: dict, seq_len: int, console: Console) -> tuple[FeatureCache, FeatureCache, Path]:
+def build_features(job: TrainJob, opts: dict, seq_len: int) -> tuple[FeatureCache, FeatureCache, Path]:
     """Run the backbone once over the training and held-out chunks (resumable, in parts)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
-    docs = req.documents()
-    train_docs, held_docs = split_documents(docs, req.seed)
-    key = {"model": lm.name, "seq_len": seq_len, "sources": sorted(req.sources), "files": _files_sig(req.text_files),
-           "seed": req.seed, "data_tokens": int(opts["data_tokens"]), "held_tokens": int(opts["held_tokens"]),
-           "dtype": str(lm.dtype), "n_docs": len(docs), "held_frac": HELD_FRAC, "format": 1}
-    root = method_dir(lm.name, "medusa-data") / config_hash(key)
+    train_docs, held_docs = split_documents(job.documents, job.seed)
+    key = {"model": job.model_name, "seq_len": seq_len, "documents": documents_hash(job.documents),
+           "seed": job.seed, "data_tokens": int(opts["data_tokens"]), "held_tokens": int(opts["held_tokens"]),
+           "dtype": str(job.dtype), "held_frac": HELD_FRAC, "format": 2}
+    root = job.artifacts.folder("medusa-data") / config_hash(key)
     root.mkdir(parents=True, exist_ok=True)
     (root / "key.json").write_text(json.dumps(key, indent=2))
     out = []
-    for split, sdocs, budget in (("train", train_docs, int(opts["data_tokens"])),
-                                 ("held", held_docs, int(opts["held_tokens"]))):
-        chunks = _take(token_chunks(lm.tokenizer, sdocs, seq_len), budget, req.seed + (split == "held"))
+    for split, docs, budget in (("train", train_docs, int(opts["data_tokens"])),
+                                ("held", held_docs, int(opts["held_tokens"]))):
+        chunks = _take(token_chunks(job.tokenizer, docs, seq_len), budget, job.seed + (split == "held"))
         if not chunks:
             raise AccbenchError(f"no {split} text long enough for training")
         chunks.sort(key=len)
         per_part = max(1, 2048 // seq_len)
         parts = [chunks[i : i + per_part] for i in range(0, len(chunks), per_part)]
-        todo = [i for i in range(len(parts)) if not (root / f"{split}-{i:05d}.safetensors").exists()]
-        if todo:
-            with _progress(console) as prog:
-                done = sum(len(c) for i, p in enumerate(parts) if i not in todo for c in p)
-                task = prog.add_task(f"backbone pass ({split})", total=sum(len(c) for c in chunks),
-                                     completed=done, info="")
-                t0, n_done = time.perf_counter(), 0
-                for i in todo:
-                    tensors = _encode_part(lm.model, parts[i], lm.device)
-                    tmp = root / f".{split}-{i:05d}.tmp"
-                    save_file(tensors, str(tmp))
-                    os.replace(tmp, root / f"{split}-{i:05d}.safetensors")
-                    n_done += tensors["tokens"].numel()
-                    prog.update(task, advance=tensors["tokens"].numel(),
-                                info=f"{n_done / (time.perf_counter() - t0):.0f} tok/s")
-                    prog.refresh()
+        _encode_missing(job, root, split, parts)
         loaded = [load_file(str(root / f"{split}-{i:05d}.safetensors")) for i in range(len(parts))]
         out.append(FeatureCache(torch.cat([p["hidden"] for p in loaded]), torch.cat([p["tokens"] for p in loaded]),
                                 torch.cat([p["argmax"] for p in loaded]),
@@ -221,43 +202,19 @@ def build_features(lm, req, opts: dict, seq_len: int, console: Console) -> tuple
     return out[0], out[1], root
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
-                    auto_refresh=False, transient=False)
-
-
-# --------------------------------------------------------------------------------------
-# optimizer state <-> safetensors
-# --------------------------------------------------------------------------------------
-
-
-def save_optimizer(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    sd = opt.state_dict()
-    out = {}
-    for i, st in sd["state"].items():
-        for k, v in st.items():
-            out[f"opt.{i}.{k}"] = (v if isinstance(v, torch.Tensor) else torch.tensor(v)).detach().cpu().contiguous()
-    return out
-
-
-def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    sd = opt.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, v in tensors.items():
-        if name.startswith("opt."):
-            _, i, k = name.split(".", 2)
-            state.setdefault(int(i), {})[k] = v
-    sd["state"] = state
-    opt.load_state_dict(sd)
-
-
-def _lr_at(step: int, total: int, base: float, warmup_frac: float) -> float:
-    warm = max(1, int(total * warmup_frac))
-    if step < warm:
-        return base * (step + 1) / warm
-    t = (step - warm) / max(1, total - warm)
-    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+def _encode_missing(job: TrainJob, root: Path, split: str, parts: list[list[list[int]]]) -> None:
+    todo = [i for i in range(len(parts)) if not (root / f"{split}-{i:05d}.safetensors").exists()]
+    if not todo:
+        return
+    total = sum(len(c) for p in parts for c in p)
+    done = total - sum(len(c) for i in todo for c in parts[i])
+    t0, n_new = time.perf_counter(), 0
+    with ProgressLog(f"backbone pass ({split})", total, job.log, job.console, done=done) as progress:
+        for i in todo:
+            tensors = _encode_part(job.model, parts[i], job.device)
+            save_atomic(tensors, root / f"{split}-{i:05d}.safetensors")
+            n_new += tensors["tokens"].numel()
+            progress.update(done + n_new, f"{n_new / (time.perf_counter() - t0):.0f} tok/s")
 
 
 # --------------------------------------------------------------------------------------
@@ -301,17 +258,16 @@ def evaluate_heads(heads, hidden: torch.Tensor, targets_sub: torch.Tensor, lm_w,
     counts: dict[str, int] = {}
     n_pos = 0
     for s in range(0, hidden.shape[0], batch):
-        h = hidden[s : s + batch].float()
-        t = targets_sub[s : s + batch]
         m = full[s : s + batch]
         if not bool(m.any()):
             continue
-        h, t = h[m], t[m]
-        lg = heads.logits(h.to(lm_w.dtype), lm_w, lm_b).float()  # [M, K, Vs]
-        tt = t.clamp_min(0)
-        tl = lg.gather(-1, tt[..., None])[..., 0]
+        h = hidden[s : s + batch][m.to(hidden.device)].to(device=lm_w.device, dtype=lm_w.dtype)
+        t = targets_sub[s : s + batch][m].to(lm_w.device)
+        lg = heads.logits(h, lm_w, lm_b).float()  # [M, K, Vs]
+        tl = lg.gather(-1, t.clamp_min(0)[..., None])[..., 0]
         rank = (lg > tl[..., None]).sum(-1)  # [M, K]
         rank[t < 0] = 10**6  # target outside the heads' vocabulary: never drafted
+        rank = rank.cpu()
         n_pos += rank.shape[0]
         for k in range(k_heads):
             r = rank[:, k]
@@ -350,264 +306,228 @@ def accuracy_table(title: str, stats: dict) -> Table:
     return tab
 
 
+
+
+def _head_metrics(loss: torch.Tensor, correct: list[float], valid: list[int]) -> dict[str, Any]:
+    return {"loss": float(loss.detach()), "top1": [c / v if v else None for c, v in zip(correct, valid)]}
+
+
 # --------------------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------------------
 
 
-def _opt_int(opts, k):
-    return int(opts[k])
-
-
-def train_medusa(method: str, req, console: Console) -> Path:
-    from accbench.methods.medusa import (
-        CONFIG_FILE,
-        DELTA_FILE,
-        HEADS_FILE,
-        MedusaHeads,
-        add_lora,
-        lm_head_sub,
-        lora_delta,
-    )
-    from accbench.models import load_model
-    from safetensors.torch import load_file, save_file
-
+def _settings(method: str, job: TrainJob) -> tuple[dict[str, Any], int, int, float, int]:
+    """The options and (steps, batch size, lr, sequence length), the variant's defaults filled in."""
     if method not in DEFAULTS:
         raise AccbenchError(f"unknown Medusa variant {method!r}")
-    unknown = set(req.options) - set(OPTION_DEFAULTS)
+    unknown = set(job.options) - set(OPTION_DEFAULTS)
     if unknown:
         raise AccbenchError(f"train {method}: unknown option(s) {sorted(unknown)}; valid: {', '.join(OPTION_DEFAULTS)}")
-    opts = {**OPTION_DEFAULTS, **req.options}
     d = DEFAULTS[method]
-    steps = int(req.steps if req.steps is not None else d["steps"])
-    batch = int(req.batch_size if req.batch_size is not None else d["batch_size"])
-    lr = float(req.lr if req.lr is not None else d["lr"])
-    seq_len = int(req.seq_len if req.seq_len is not None else d["seq_len"])
+    steps = int(job.steps if job.steps is not None else d["steps"])
+    batch = int(job.batch_size if job.batch_size is not None else d["batch_size"])
+    lr = float(job.lr if job.lr is not None else d["lr"])
+    seq_len = int(job.seq_len if job.seq_len is not None else d["seq_len"])
     if steps < 1 or batch < 1 or lr <= 0 or seq_len < 16:
         raise AccbenchError("train: --steps and --batch-size must be >= 1, --lr > 0, --seq-len >= 16")
-    num_heads = _opt_int(opts, "num_heads")
-    t_start = time.perf_counter()
+    return {**OPTION_DEFAULTS, **job.options}, steps, batch, lr, seq_len
 
-    console.print(f"[bold]{method}[/bold] for {req.model}: loading the model")
-    lm = load_model(req.model, dtype=req.dtype, device=req.device)
-    model = lm.model
-    device = lm.device
-    lm_weight = model.get_output_embeddings().weight
-    vocab_size, hidden_size = lm_weight.shape
 
-    train_fc, held_fc, data_root = build_features(lm, req, opts, seq_len, console)
-    console.print(f"training text: {len(train_fc)} tokens cached ({len(train_fc.lengths)} chunks), "
-                  f"held-out: {len(held_fc)} tokens (cache: {data_root})")
-
-    # heads' vocabulary: the most frequent targets on the training text
-    tgt_all = train_fc.targets(num_heads, req.targets)  # [N, K+1]
-    n_vocab = int(opts["head_vocab"])
+def _head_vocab(train_fc: FeatureCache, num_heads: int, kind: str, n_vocab: int, vocab_size: int, log):
+    """The heads' vocabulary (the ``n_vocab`` most frequent training targets, 0 = all), the
+    lookup from token id to its index there, and the targets: ``[N, K+1]`` token ids (column
+    0: the base lm_head's) and ``[N, K]`` vocabulary indices (-100: ignored)."""
+    tgt_all = train_fc.targets(num_heads, kind)
+    vocab_ids = torch.arange(vocab_size)
     if 0 < n_vocab < vocab_size:
         freq = torch.bincount(tgt_all[tgt_all >= 0], minlength=vocab_size)
-        order = torch.argsort(freq, descending=True, stable=True)
-        vocab_ids = order[:n_vocab].sort().values
+        vocab_ids = torch.argsort(freq, descending=True, stable=True)[:n_vocab].sort().values
         covered = float(freq[vocab_ids].sum()) / max(1, int(freq.sum()))
-        console.print(f"heads score {n_vocab} of {vocab_size} tokens ({covered:.1%} of training targets)")
-    else:
-        vocab_ids = torch.arange(vocab_size)
+        log(f"heads score {n_vocab} of {vocab_size} tokens ({covered:.1%} of training targets)")
     lut = _sub_lookup(vocab_ids, vocab_size)
     tgt_sub = lut[tgt_all[:, 1:].clamp_min(-1)]  # -1 -> lut[-1] = -100
     tgt_sub[tgt_all[:, 1:] < 0] = -100
+    return vocab_ids, lut, tgt_all, tgt_sub
 
-    heads_cfg_key = {"num_heads": num_heads, "num_layers": _opt_int(opts, "num_layers"),
-                     "own_proj": bool(opts["own_proj"]), "head_vocab": n_vocab}
-    config = {"method": method, "model": req.model, "steps": steps, "batch_size": batch, "lr": lr,
-              "seq_len": seq_len, "targets": req.targets, "seed": req.seed, "data": data_root.name,
-              "dtype": str(lm.dtype), **heads_cfg_key}
-    if method == "medusa2":
-        config.update({k: opts[k] for k in ("stage1_steps", "lora_rank", "lora_alpha", "stage2_seq_len",
-                                            "head_lr_mult", "head_loss_weight")})
-    final = artifact_dir(req.model, method, config)
-    work = final.with_name(final.name + ".work")
-    if req.restart and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
 
-    heads = MedusaHeads(hidden_size, vocab_size, num_heads, _opt_int(opts, "num_layers"), bool(opts["own_proj"]),
-                        vocab_ids)
-    heads.init_proj_from(lm_weight.detach().float().cpu())
-    heads.to(device=device, dtype=torch.float32)
-    lm_w, lm_b = lm_head_sub(model, heads.vocab_ids)
-    lm_w = lm_w.float()
-    lm_b = lm_b.float() if lm_b is not None else None
-    hidden_train = train_fc.hidden
-    stop_after = _opt_int(opts, "stop_after")
-    ckpt_every = max(1, _opt_int(opts, "ckpt_every"))
-    info: dict[str, Any] = {"resumed_from": {}, "steps_run": {}}
+class _Training:
+    """One run of ``accbench train medusa1|medusa2``: the cached data, the heads, the
+    resumable stages and the artifact."""
 
-    def run_stage(stage: str, total: int, params_groups, step_fn, extra_state=None) -> None:
-        """Generic resumable loop: ``step_fn(step) -> (loss, correct[K], valid[K], tokens)``."""
-        ck = work / f"{stage}.safetensors"
-        meta_p = work / f"{stage}.json"
-        opt = torch.optim.AdamW(params_groups, weight_decay=0.0)
-        start = 0
-        if meta_p.exists() and ck.exists():
-            meta = json.loads(meta_p.read_text())
-            tensors = load_file(str(ck))
-            heads.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("heads.")})
-            if extra_state is not None:
-                extra_state["load"]({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")})
-            load_optimizer(opt, tensors)
-            start = int(meta["step"])
-            console.print(f"resuming {stage} from step {start}/{total} ({ck})")
-        info["resumed_from"][stage] = start
-        base_lrs = [g["lr"] for g in opt.param_groups]
+    def __init__(self, method: str, job: TrainJob):
+        self.method, self.job, self.t0 = method, job, time.perf_counter()
+        self.opts, self.steps, self.batch, self.lr, seq_len = _settings(method, job)
+        o, self.num_heads = self.opts, int(self.opts["num_heads"])
+        self.lm_weight = job.model.get_output_embeddings().weight
+        vocab_size, hidden_size = self.lm_weight.shape
+        job.log(f"{method} for {job.model_name}: {len(job.documents)} documents")
+        self.train_fc, self.held_fc, data_root = build_features(job, o, seq_len)
+        job.log(f"training text: {len(self.train_fc)} tokens cached ({len(self.train_fc.lengths)} chunks), "
+                f"held-out: {len(self.held_fc)} tokens (cache: {data_root})")
+        self.vocab_ids, self.lut, self.tgt_all, self.tgt_sub = _head_vocab(
+            self.train_fc, self.num_heads, job.targets, int(o["head_vocab"]), vocab_size, job.log)
+        self.config = {"method": method, "model": job.model_name, "steps": self.steps, "batch_size": self.batch,
+                       "lr": self.lr, "seq_len": seq_len, "targets": job.targets, "seed": job.seed,
+                       "data": data_root.name, "dtype": str(job.dtype), "num_heads": self.num_heads,
+                       "num_layers": int(o["num_layers"]), "own_proj": bool(o["own_proj"]),
+                       "head_vocab": int(o["head_vocab"])}
+        if method == "medusa2":
+            self.config.update({k: o[k] for k in ("stage1_steps", "lora_rank", "lora_alpha", "stage2_seq_len",
+                                                  "head_lr_mult", "head_loss_weight")})
+        self.final = job.artifacts.dir_for(method, self.config)
+        if job.restart:
+            shutil.rmtree(work_dir(self.final), ignore_errors=True)
+        self.heads = MedusaHeads(hidden_size, vocab_size, self.num_heads, int(o["num_layers"]), bool(o["own_proj"]),
+                                 self.vocab_ids)
+        self.heads.init_proj_from(self.lm_weight.detach().float().cpu())
+        self.heads.to(device=job.device, dtype=torch.float32)
+        lm_w, lm_b = lm_head_sub(job.model, self.heads.vocab_ids)
+        self.lm_w, self.lm_b = lm_w.float(), (lm_b.float() if lm_b is not None else None)
+        self.heads_params = [p for p in self.heads.parameters() if p.requires_grad]
+        self.resumed_from: dict[str, int] = {}
+        self.steps_run: dict[str, int] = {}
+        self.losses: dict[str, list[float]] = {}
+        self.stage1_from: str | None = None
 
-        def save(step: int) -> None:
-            tensors = {f"heads.{k}": v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
-            if extra_state is not None:
-                tensors.update({f"extra.{k}": v for k, v in extra_state["save"]().items()})
-            tensors.update(save_optimizer(opt))
-            tmp = ck.with_suffix(".tmp")
-            save_file(tensors, str(tmp))
-            os.replace(tmp, ck)
-            meta_p.write_text(json.dumps({"step": step, "total": total, "config": config}))
+    def stage(self, name: str, total: int, groups: list[dict], step: Callable[[int], dict],
+              extra: tuple[Callable, Callable] | None = None) -> None:
+        """A resumable stage; ``extra``: (weights, restore) of what trains besides the heads."""
+        heads = self.heads
 
-        if start >= total:
-            info["steps_run"][stage] = 0
-            return
-        ema_loss, ema_acc = None, [None] * num_heads
-        t0, toks = time.perf_counter(), 0
-        step = start
-        ran = 0
-        with _progress(console) as prog:
-            task = prog.add_task(f"{stage}", total=total, completed=start, info="")
-            try:
-                for step in range(start, total):
-                    for g, b in zip(opt.param_groups, base_lrs):
-                        g["lr"] = _lr_at(step, total, b, float(opts["warmup_frac"]))
-                    loss, correct, valid, ntok = step_fn(step)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    ran += 1
-                    toks += ntok
-                    lv = float(loss.detach())
-                    ema_loss = lv if ema_loss is None else 0.9 * ema_loss + 0.1 * lv
-                    for k in range(num_heads):
-                        if valid[k]:
-                            a = correct[k] / valid[k]
-                            ema_acc[k] = a if ema_acc[k] is None else 0.9 * ema_acc[k] + 0.1 * a
-                    accs = " ".join(f"{a:.2f}" if a is not None else "-" for a in ema_acc)
-                    prog.update(task, completed=step + 1,
-                                info=f"loss {ema_loss:.3f}  top-1 {accs}  {toks / (time.perf_counter() - t0):.0f} tok/s")
-                    prog.refresh()
-                    info.setdefault("losses", {}).setdefault(stage, []).append(lv)
-                    if (step + 1) % ckpt_every == 0 or step + 1 == total:
-                        save(step + 1)
-                    if stop_after and ran >= stop_after and step + 1 < total:
-                        raise TrainingStopped()
-            except KeyboardInterrupt:
-                save(start + ran)
-                info["steps_run"][stage] = ran
-                raise
-        info["steps_run"][stage] = ran
+        def weights() -> dict[str, torch.Tensor]:
+            out = {f"heads.{k}": v for k, v in heads.state_dict().items()}
+            out.update({f"extra.{k}": v for k, v in (extra[0]() if extra else {}).items()})
+            return out
 
-    def heads_step_fn(total_tokens: int):
-        n = len(train_fc)
+        def restore(t: dict[str, torch.Tensor]) -> None:
+            heads.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("heads.")})
+            if extra:
+                extra[1]({k[6:]: v for k, v in t.items() if k.startswith("extra.")})
 
-        def fn(step: int):
-            g = torch.Generator().manual_seed(req.seed * 1_000_003 + step)
-            idx = torch.randint(0, n, (total_tokens,), generator=g)
-            h = hidden_train[idx].to(device=device, dtype=torch.float32)
-            t = tgt_sub[idx].to(device)
-            loss, correct, valid = head_losses(heads.logits(h, lm_w, lm_b), t)
-            return loss, correct, valid, total_tokens
-        return fn
+        run = train_steps(name, total, torch.optim.AdamW(groups, weight_decay=0.0), step,
+                          Checkpoint(self.final, name, weights, restore), warmup=float(self.opts["warmup_frac"]),
+                          log=self.job.log, console=self.job.console, ckpt_every=max(1, int(self.opts["ckpt_every"])),
+                          stop_after=int(self.opts["stop_after"]))
+        self.resumed_from[name], self.steps_run[name] = run.start, run.steps_run
+        self.losses[name] = [h["loss"] for h in run.history]
 
-    heads_params = [p for p in heads.parameters() if p.requires_grad]
-    if method == "medusa1":
-        run_stage("heads", steps, [{"params": heads_params, "lr": lr}], heads_step_fn(batch))
-        delta = None
-    else:
-        stage1 = _opt_int(opts, "stage1_steps")
-        reused = _reuse_medusa1(req.model, heads, config, console) if opts["reuse_medusa1"] else None
-        if reused is None and stage1 > 0:
-            run_stage("stage1-heads", stage1, [{"params": heads_params, "lr": 1e-3}], heads_step_fn(256))
-        info["stage1_from"] = str(reused) if reused else "trained"
-        # stage 2: LoRA backbone + heads, jointly
+    def heads_step(self, tokens: int) -> Callable[[int], dict]:
+        """Medusa-1's step: the heads' loss on ``tokens`` random cached positions."""
+        n, job = len(self.train_fc), self.job
+
+        def step(i: int) -> dict:
+            g = torch.Generator().manual_seed(job.seed * 1_000_003 + i)
+            idx = torch.randint(0, n, (tokens,), generator=g)
+            h = self.train_fc.hidden[idx].to(device=job.device, dtype=torch.float32)
+            loss, correct, valid = head_losses(self.heads.logits(h, self.lm_w, self.lm_b), self.tgt_sub[idx].to(job.device))
+            loss.backward()
+            return _head_metrics(loss, correct, valid)
+        return step
+
+    def medusa1(self) -> None:
+        self.stage("heads", self.steps, [{"params": self.heads_params, "lr": self.lr}], self.heads_step(self.batch))
+
+    def medusa2(self) -> dict[str, torch.Tensor]:
+        """Stage 1 (the heads alone, or medusa1's), stage 2 (LoRA and heads); the LoRA delta.
+        The model is left as it was: the delta is merged at load time."""
+        o, model = self.opts, self.job.model
+        reused = _reuse_medusa1(self.job, self.heads, self.config) if o["reuse_medusa1"] else None
+        if reused is None and int(o["stage1_steps"]) > 0:
+            self.stage("stage1-heads", int(o["stage1_steps"]), [{"params": self.heads_params, "lr": 1e-3}],
+                       self.heads_step(256))
+        self.stage1_from = str(reused) if reused else "trained"
         model.requires_grad_(False)
-        loras = add_lora(model, _opt_int(opts, "lora_rank"), float(opts["lora_alpha"]))
+        loras = add_lora(model, int(o["lora_rank"]), float(o["lora_alpha"]))
         lora_params = [p for m in loras.values() for p in (m.lora_a, m.lora_b)]
         for p in lora_params:
             p.requires_grad_(True)
         model.train()
-        seq2 = _opt_int(opts, "stage2_seq_len")
-        hw = float(opts["head_loss_weight"])
-        lengths = torch.tensor(train_fc.lengths)
-        starts = train_fc.starts
-        kind = req.targets
-        full_w = lm_weight.detach()
+        try:
+            self.stage("stage2-joint", self.steps,
+                       [{"params": lora_params, "lr": self.lr},
+                        {"params": self.heads_params, "lr": self.lr * float(o["head_lr_mult"])}],
+                       self.joint_step(), (lambda: lora_delta(loras), lambda t: _load_lora(loras, t)))
+            return lora_delta(loras)
+        finally:
+            model.eval()
+            _unwrap_lora(model, loras)
 
-        def joint_fn(step: int):
-            g = torch.Generator().manual_seed(req.seed * 1_000_003 + 7919 + step)
-            ci = torch.randint(0, len(lengths), (batch,), generator=g)
+    def joint_step(self) -> Callable[[int], dict]:
+        """Medusa-2's stage-2 step: windows of the cached chunks through the LoRA backbone; its
+        distance to the original (KL, or the LM loss on the text) plus the heads' weighted loss."""
+        job, fc, model = self.job, self.train_fc, self.job.model
+        seq2, hw = int(self.opts["stage2_seq_len"]), float(self.opts["head_loss_weight"])
+        lengths, full_w, F = torch.tensor(fc.lengths), self.lm_weight.detach(), torch.nn.functional
+
+        def step(i: int) -> dict:
+            g = torch.Generator().manual_seed(job.seed * 1_000_003 + 7919 + i)
             rows = []
-            for c in ci.tolist():
+            for c in torch.randint(0, len(lengths), (self.batch,), generator=g).tolist():
                 ln = int(lengths[c])
                 w = min(seq2, ln)
-                off = int(torch.randint(0, ln - w + 1, (1,), generator=g))
-                rows.append((int(starts[c]) + off, w))
+                rows.append((int(fc.starts[c]) + int(torch.randint(0, ln - w + 1, (1,), generator=g)), w))
             w = min(r[1] for r in rows)
             pos = torch.stack([torch.arange(s, s + w) for s, _ in rows])  # [B, w]
-            ids = train_fc.tokens[pos].long().to(device)
-            hs = model.model(input_ids=ids, use_cache=False).last_hidden_state  # [B, w, H]
+            hs = model.model(input_ids=fc.tokens[pos].long().to(job.device), use_cache=False).last_hidden_state
             logits = hs @ full_w.t()
-            if kind == "self":
+            if job.targets == "self":
                 with torch.no_grad():
-                    teacher = train_fc.hidden[pos].to(device=device, dtype=torch.float32) @ full_w.float().t()
+                    teacher = fc.hidden[pos].to(device=job.device, dtype=torch.float32) @ full_w.float().t()
                     p_t = torch.log_softmax(teacher, -1)
-                lm_loss = torch.nn.functional.kl_div(torch.log_softmax(logits.float(), -1), p_t, log_target=True,
-                                                     reduction="batchmean") / w
+                lm_loss = F.kl_div(torch.log_softmax(logits.float(), -1), p_t, log_target=True,
+                                   reduction="batchmean") / w
             else:
-                tgt = tgt_all[pos, 0].to(device)
-                lm_loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(),
-                                                            ignore_index=-1)
-            hl = heads.logits(hs.float().flatten(0, 1), lm_w, lm_b)
-            hloss, correct, valid = head_losses(hl, tgt_sub[pos.flatten()].to(device))
-            return lm_loss + hw * hloss, correct, valid, batch * w
+                lm_loss = F.cross_entropy(logits.float().flatten(0, 1), self.tgt_all[pos, 0].to(job.device).flatten(),
+                                          ignore_index=-1)
+            hl = self.heads.logits(hs.float().flatten(0, 1), self.lm_w, self.lm_b)
+            hloss, correct, valid = head_losses(hl, self.tgt_sub[pos.flatten()].to(job.device))
+            loss = lm_loss + hw * hloss
+            loss.backward()
+            return _head_metrics(loss, correct, valid)
+        return step
 
-        extra = {"save": lambda: lora_delta(loras),
-                 "load": lambda t: _load_lora(loras, t)}
-        run_stage("stage2-joint", steps, [{"params": lora_params, "lr": lr},
-                                          {"params": heads_params, "lr": lr * float(opts["head_lr_mult"])}],
-                  joint_fn, extra)
-        model.eval()
-        delta = lora_delta(loras)
-        _unwrap_lora(model, loras)  # the merged-at-load delta is the artifact; undo in memory
+    def finish(self, delta: dict[str, torch.Tensor] | None) -> Path:
+        """Held-out accuracies, then the artifact, committed and made the default."""
+        from safetensors.torch import save_file
 
-    # held-out evaluation and the artifact
-    heads.eval()
-    ev_hidden = held_fc.hidden
-    if delta is not None:  # medusa2 heads read its own backbone's states: recompute them
-        ev_hidden = _medusa2_hidden(lm, held_fc, delta)
-    stats = evaluate_heads(heads, ev_hidden, eval_targets(held_fc, num_heads, req.targets, lut), lm_w, lm_b)
-    train_s = time.perf_counter() - t_start
-    tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}, str(tmp / HEADS_FILE))
-    if delta is not None:
-        save_file(delta, str(tmp / DELTA_FILE))
-    cfg_out = {"method": method, "model": req.model, "heads": heads.config(), "train": config,
-               "stats": stats, "train_s": train_s, "data_tokens": len(train_fc), "held_tokens": len(held_fc),
-               "resumed_from": info["resumed_from"], "steps_run": info["steps_run"],
-               "stage1_from": info.get("stage1_from"), "losses": info.get("losses", {}),
-               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    (tmp / CONFIG_FILE).write_text(json.dumps(cfg_out, indent=1))
-    commit_dir(tmp, final)
-    set_default(req.model, method, final, config_hash=config_hash(config))
-    shutil.rmtree(work, ignore_errors=True)
-    console.print(accuracy_table(f"{method} heads on {req.model}: held-out accuracy "
-                                 f"({stats['positions']} positions, targets={req.targets})", stats))
-    console.print(f"saved {final} (default for {req.model}); {train_s / 60:.1f} min")
-    return final
+        job, final = self.job, self.final
+        self.heads.eval()
+        hidden = self.held_fc.hidden if delta is None else _medusa2_hidden(job, self.held_fc, delta)
+        stats = evaluate_heads(self.heads, hidden, eval_targets(self.held_fc, self.num_heads, job.targets, self.lut),
+                               self.lm_w, self.lm_b)
+        train_s = time.perf_counter() - self.t0
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}, str(tmp / HEADS_FILE))
+        if delta is not None:
+            save_file(delta, str(tmp / DELTA_FILE))
+        cfg_out = {"method": self.method, "model": job.model_name, "heads": self.heads.config(), "train": self.config,
+                   "stats": stats, "train_s": train_s, "data_tokens": len(self.train_fc),
+                   "held_tokens": len(self.held_fc), "resumed_from": self.resumed_from, "steps_run": self.steps_run,
+                   "stage1_from": self.stage1_from, "losses": self.losses,
+                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg_out, indent=1))
+        job.artifacts.commit(tmp, final)
+        job.artifacts.set_default(self.method, final, config_hash=config_hash(self.config))
+        shutil.rmtree(work_dir(final), ignore_errors=True)
+        title = (f"{self.method} heads on {job.model_name}: held-out accuracy ({stats['positions']} positions, "
+                 f"targets={job.targets})")
+        job.log(f"{title}: top-1 by head " + " ".join(f"{a:.3f}" for a in stats["top1"]))
+        if job.console is not None:
+            job.console.print(accuracy_table(title, stats))
+        job.log(f"saved {final} (default for {job.model_name}); {train_s / 60:.1f} min")
+        return final
+
+
+def train_medusa(method: str, job: TrainJob) -> Path:
+    """Train ``method``'s (medusa1 | medusa2) artifact for ``job.model``; its path."""
+    run = _Training(method, job)
+    if method == "medusa1":
+        run.medusa1()
+        return run.finish(None)
+    return run.finish(run.medusa2())
 
 
 def _load_lora(loras, tensors: dict[str, torch.Tensor]) -> None:
@@ -625,32 +545,26 @@ def _unwrap_lora(root, loras) -> None:
 
 
 @torch.inference_mode()
-def _medusa2_hidden(lm, held: FeatureCache, delta) -> torch.Tensor:
-    import copy
-
-    from accbench.methods.medusa import merge_delta
-
-    m = copy.deepcopy(lm.model)
+def _medusa2_hidden(job: TrainJob, held: FeatureCache, delta) -> torch.Tensor:
+    """Medusa-2's heads read its own backbone's states: recompute them with the delta merged."""
+    m = copy.deepcopy(job.model)
     merge_delta(m, delta)
     out = []
     for s, ln in zip(held.starts.tolist(), held.lengths):
-        ids = held.tokens[s : s + ln].long()[None].to(lm.device)
+        ids = held.tokens[s : s + ln].long()[None].to(job.device)
         out.append(m.model(input_ids=ids).last_hidden_state[0].to(torch.float16).cpu())
     return torch.cat(out)
 
 
-def _reuse_medusa1(model_name: str, heads, config: dict, console: Console) -> Path | None:
+def _reuse_medusa1(job: TrainJob, heads: MedusaHeads, config: dict) -> Path | None:
     """Stage 1 of Medusa-2 is the Medusa-1 recipe: reuse a medusa1 artifact with the same
     heads, data and targets when there is one."""
-    from accbench.training.artifacts import get_default
-    from accbench.methods.medusa import CONFIG_FILE, HEADS_FILE
     from safetensors.torch import load_file
 
-    p = get_default(model_name, "medusa1")
+    p = job.artifacts.default("medusa1")
     if p is None:
         return None
-    cfg = json.loads((p / CONFIG_FILE).read_text())
-    tr = cfg.get("train", {})
+    tr = json.loads((p / CONFIG_FILE).read_text()).get("train", {})
     same = all(tr.get(k) == config.get(k) for k in ("num_heads", "num_layers", "own_proj", "head_vocab", "targets",
                                                      "data", "seq_len", "dtype"))
     if not same:
@@ -659,5 +573,5 @@ def _reuse_medusa1(model_name: str, heads, config: dict, console: Console) -> Pa
     if not torch.equal(t["vocab_ids"], heads.vocab_ids.cpu()):
         return None
     heads.load_state_dict(t)
-    console.print(f"stage 1 (heads alone): reusing the medusa1 heads in {p}")
+    job.log(f"stage 1 (heads alone): reusing the medusa1 heads in {p}")
     return p
