@@ -149,13 +149,14 @@ def _clock(seconds: float) -> str:
 
 
 class ProgressLog:
-    """A plain line through ``log`` at the first update, every ``every`` of ``total`` and at
-    the end (label, count, %, ``detail``, elapsed, ETA); a rich bar too when ``console`` is a
-    terminal."""
+    """A plain line through ``log`` at the first update, each time another ``every`` of
+    ``total`` is done and at the end (label, count, %, ``detail``, elapsed, ETA), and a rich
+    bar too when ``console`` is a terminal."""
 
     def __init__(self, label: str, total: int, log: Log, console=None, done: int = 0, every: float = 0.05):
         self.label, self.total, self.log, self.start = label, total, log, done
-        self.step_every = max(1, int(total * every))
+        self.every = max(1, int(total * every))
+        self.next_line = done + 1  # the first update prints
         self.bar = None
         if console is not None and getattr(console, "is_terminal", False):
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -179,7 +180,8 @@ class ProgressLog:
         if self.bar is not None:
             self.bar.update(self.task, completed=done, info=detail)
             self.bar.refresh()
-        if done == self.start + 1 or done % self.step_every == 0 or done == self.total:
+        if done >= self.next_line or done == self.total:
+            self.next_line = (done // self.every + 1) * self.every
             elapsed = time.perf_counter() - self.t0
             eta = elapsed / max(1, done - self.start) * (self.total - done)
             self.log(f"{self.label}: {done}/{self.total} ({100 * done / max(1, self.total):.0f}%)  {detail}  "

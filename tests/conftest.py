@@ -9,10 +9,8 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 # Tests read the real evaluation data from ../shared/data unless told otherwise.
 if "ACCBENCH_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
     os.environ["ACCBENCH_DATA_DIR"] = str(SHARED_DATA)
-# `accbench run` defaults to one worker process per cell (--executor local); the CLI tests
-# monkeypatch decoders in this process, so they run inline unless a test asks for an
-# executor (tests/test_executors.py).
-os.environ.setdefault("ACCBENCH_EXECUTOR", "inline")
+# Tests run the default engine (--executor local: a worker process per group); a test that
+# patches something in this process passes --executor inline itself.
 
 
 @pytest.fixture(scope="session")

@@ -54,7 +54,8 @@ def gate(tmp_path_factory, smollm2):
             m.setattr(accbench.models, "load_model", lambda *a, **k: smollm2)
             res = CliRunner().invoke(main, ["run", "--methods", "ar,pld", "--model", "smollm2-135m", "--suite",
                                             "summarization", "--data", str(data), "--max-new-tokens", str(BUDGET),
-                                            "--warmup", "0", "--out", str(out)], catch_exceptions=False)
+                                            "--warmup", "0", "--out", str(out), "--executor", "inline"],
+                                     catch_exceptions=False)  # inline: the patches below are in this process
         assert res.exit_code == 0, res.output
         return out
 
@@ -98,10 +99,10 @@ def test_unchanged_rerun_passes(gate, tmp_path):
 
 def test_changed_token_in_lossless_method_fails(gate, tmp_path):
     """A verification bug: one committed token is replaced."""
-    import accbench.methods.pld as pld
+    import accbench.methods.core.speculative as loop  # the one speculative loop commits PLD's tokens
 
     run, base, _ = gate
-    real = pld.commit
+    real = loop.commit
     calls = {"n": 0}
 
     def broken_commit(tokens, new, stopper, max_new):
@@ -111,7 +112,7 @@ def test_changed_token_in_lossless_method_fails(gate, tmp_path):
         return real(tokens, new, stopper, max_new)
 
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(pld, "commit", broken_commit)
+        m.setattr(loop, "commit", broken_commit)
         out = run(tmp_path / "token")
     res = _check(out, base)
     assert res.exit_code == 1, res.output
@@ -139,15 +140,15 @@ def test_more_forward_passes_fails(gate, tmp_path):
     import accbench.methods.pld as pld
 
     run, base, _ = gate
-    real = pld.PromptLookupDecoder.generate
+    real = pld.PromptLookupDecoder.decode
 
     def wasteful(self, *a, **k):
-        rec = real(self, *a, **k)
+        rec = yield from real(self, *a, **k)
         rec.forward_passes += 2
         return rec
 
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(pld.PromptLookupDecoder, "generate", wasteful)
+        m.setattr(pld.PromptLookupDecoder, "decode", wasteful)
         out = run(tmp_path / "fwd")
     res = _check(out, base)
     assert res.exit_code == 1, res.output
@@ -173,10 +174,11 @@ def test_quality_drop_fails(gate, tmp_path):
 
 def test_slowdown_fails(gate, tmp_path):
     """Drafting becomes slow (a sleep in the timed loop): same tokens, a several-fold lower speedup."""
+    import accbench.methods.core.speculative as loop
     import accbench.methods.pld as pld
 
     run, base, _ = gate
-    real_draft, real_make_cache = pld.NgramIndex.draft, pld.make_cache
+    real_draft, real_make_cache = pld.NgramIndex.draft, loop.make_cache
     last = {"t": time.perf_counter()}
 
     def marking_make_cache(model):  # called right before the generation's clock starts
@@ -191,7 +193,7 @@ def test_slowdown_fails(gate, tmp_path):
         return real_draft(self, seq, k)
 
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(pld, "make_cache", marking_make_cache)
+        m.setattr(loop, "make_cache", marking_make_cache)
         m.setattr(pld.NgramIndex, "draft", slow_draft)
         out = run(tmp_path / "slow")
     res = _check(out, base)

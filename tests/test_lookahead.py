@@ -11,12 +11,18 @@ import random
 import pytest
 import torch
 from accbench import suites as suite_registry
+from accbench.engine.prompts import encode_prompt
 from accbench.methods import SamplingConfig, StopChecker, get
 from accbench.methods.core import OptionError, TuneJob, Verified
-from accbench.methods.lookahead import LookaheadDrafter, NgramPool, advance_window, device_key, lookahead_layout
-from accbench.methods.lookahead.tune import tune
 from accbench.methods.core.tree import block_forward, make_cache
-from accbench.engine.prompts import encode_prompt
+from accbench.methods.lookahead import (
+    LookaheadDrafter,
+    NgramPool,
+    advance_window,
+    device_key,
+    lookahead_layout,
+)
+from accbench.methods.lookahead.tune import tune
 from rich.console import Console
 
 

@@ -172,6 +172,76 @@ def test_stop_string_cut_matches_ar(tiny_llama, tmp_path):
     assert b.tokens == a.tokens and b.finish_reason == a.finish_reason == "stop"
 
 
+def test_budget_limits_the_proposed_tree_to_a_depth_prefix(tiny_llama, tmp_path, monkeypatch):
+    from accbench.methods.medusa import MedusaDrafter
+
+    lm = tiny_llama
+    art = write_artifact(tmp_path / "h", lm.model)
+    ar = get("ar")(lm.model, lm.tokenizer)
+    md = get("medusa1")(lm.model, lm.tokenizer, heads=str(art), tree=json.dumps(BRANCHY))
+    p = _prompts(1, seed=13)[0]
+    full = ar.generate(p, 13)
+    md.candidates = OracleMedusa(md, full.tokens, ranks=[0, 1, 0, 2], wrong_every=10**9)
+    seen = []
+    propose = MedusaDrafter.propose
+
+    def spy(self, tokens, budget):
+        prop = propose(self, tokens, budget)
+        seen.append((budget, prop))
+        return prop
+
+    monkeypatch.setattr(MedusaDrafter, "propose", spy)
+    for n in (12, 13):  # full-depth steps of 5 tokens leave 0, then 1 draft of budget
+        rec = md.generate(p, n)
+        assert rec.tokens == full.tokens[:n]
+    assert {0, 1} <= {b for b, _ in seen}  # the budget cut some trees
+    for budget, prop in seen:
+        if budget == 0:
+            assert prop is None
+            continue
+        depth = min(budget, md.tree.depth)
+        n = md.tree.prefix_size(depth)
+        assert prop.depth == depth and isinstance(prop.tokens, torch.Tensor) and len(prop.tokens) == n - 1
+        assert list(prop.parents) == md.tree.parents[:n] and prop.depths.tolist() == md.tree.depths[:n]
+        assert torch.equal(prop.visible.cpu(), md.tree.visible[:n, :n])
+    assert len(rec.drafted) == md.tree.depth and rec.drafted[0] > rec.drafted[-1]
+
+
+def test_options_are_checked_before_a_model_loads():
+    from accbench.methods.core import OptionError, parse_options
+
+    cls = get("medusa1")
+    assert parse_options("medusa1", cls.Options, {"tree": "greedy7", "eps": "0.2"}).eps == 0.2
+    for bad in ({"eps": "0"}, {"delta": "-1"}, {"tree": "bushy"}, {"tree": "[[0], [-1]]"}, {"tree": "greedy0"}):
+        with pytest.raises(OptionError):
+            parse_options("medusa1", cls.Options, bad)
+
+
+def test_tune_saves_the_default_tree_the_decoder_then_uses(tiny_llama, tmp_path, monkeypatch):
+    from accbench.methods.core import TuneJob
+
+    monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    lm = tiny_llama
+    art = write_artifact(tmp_path / "h", lm.model, w_std=0.3)
+    cfg = json.loads((art / CONFIG_FILE).read_text())
+    cfg["stats"] = {"positions": 100, "top1": [0.6, 0.4, 0.3, 0.2],
+                    "topk_acc": [[0.6, 0.2, 0.1], [0.4, 0.2, 0.1], [0.3, 0.2, 0.1], [0.2, 0.1, 0.1]],
+                    "prefix_counts": {"0": 60, "1": 20, "0,0": 30, "0,0,0": 12}}
+    (art / CONFIG_FILE).write_text(json.dumps(cfg))
+    store = ModelArtifacts("tiny-random-llama")
+    lines = []
+    job = TuneJob(method="medusa1", model_name="tiny-random-llama", model=lm.model, tokenizer=lm.tokenizer,
+                  prompts=_prompts(2), stop=StopChecker(lm.tokenizer, []), artifacts=store,
+                  device=torch.device("cpu"), dtype=torch.float32,
+                  options={"max_nodes": "6", "prefix_len": "16", "repeats": "1", "heads": str(art)}, log=lines.append)
+    final = get("medusa1").tune(job)
+    info = json.loads((final / "tree.json").read_text())
+    assert (final / "COMPLETE").exists() and 1 <= len(info["paths"]) <= 6
+    assert store.default("medusa1-tree-cpu") == final and any("saved as the default" in ln for ln in lines)
+    md = get("medusa1")(lm.model, lm.tokenizer, heads=str(art), artifacts=store)
+    assert md.tree_label == f"tuned{len(info['paths'])}" and set(md.tree.paths) == {tuple(q) for q in info["paths"]}
+
+
 def test_medusa2_private_backbone_lossless_against_itself(tiny_llama, tmp_path):
     lm = tiny_llama
     art = write_artifact(tmp_path / "h", lm.model, w_std=0.3, delta_std=0.2)
@@ -212,33 +282,38 @@ def test_needs_training_names_the_command(tiny_llama, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------
 
 
-def _req(method="medusa1", steps=8, **opts):
-    from accbench.training.train_data import TrainRequest
+def _job(method="medusa1", steps=8, **opts):
+    """A training job on a freshly loaded tiny model (training may change the model it is given)."""
+    from accbench.methods.core import TrainJob
+    from accbench.models import load_model
+    from accbench.training.train_data import training_documents
 
+    lm = load_model("tiny-random-llama")
     base = {"data_tokens": 1200, "held_tokens": 300, "ckpt_every": 2}
-    return TrainRequest(method=method, model="tiny-random-llama", steps=steps, batch_size=32, lr=1e-2, seq_len=64,
-                        sources=("mbpp",), options={**base, **opts})
+    return TrainJob(method=method, model_name="tiny-random-llama", model=lm.model, tokenizer=lm.tokenizer,
+                    documents=training_documents(("mbpp",)), artifacts=ModelArtifacts("tiny-random-llama"),
+                    device=lm.device, dtype=lm.dtype, steps=steps, batch_size=32, lr=1e-2, seq_len=64,
+                    options={**base, **opts}, log=lambda line: None)
 
 
 def test_training_loss_decreases_resume_and_decode(tmp_path, monkeypatch, tiny_llama):
-    from accbench.methods.medusa.train import TrainingStopped, train_medusa
-    from rich.console import Console
+    from accbench.methods.medusa.train import train_medusa
+    from accbench.methods.training import TrainingStopped
 
     monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path))
-    con = Console(quiet=True)
-    path = train_medusa("medusa1", _req(steps=16), con)
+    path = train_medusa("medusa1", _job(steps=16))
     cfg = json.loads((path / CONFIG_FILE).read_text())
     losses = cfg["losses"]["heads"]
     assert len(losses) == 16 and sum(losses[-4:]) < sum(losses[:4])
     assert len(cfg["stats"]["top1"]) == 4 and cfg["stats"]["positions"] > 0
 
     # an uninterrupted 8-step run, then the same run interrupted after 3 steps and resumed
-    ref = load_file(str(train_medusa("medusa1", _req(), con) / HEADS_FILE))
+    ref = load_file(str(train_medusa("medusa1", _job()) / HEADS_FILE))
     with pytest.raises(TrainingStopped):
-        train_medusa("medusa1", _req(stop_after=3, ckpt_every=100), con)
-    req = _req()
-    req.restart = False
-    path = train_medusa("medusa1", req, con)
+        train_medusa("medusa1", _job(stop_after=3, ckpt_every=100))
+    job = _job()
+    job.restart = False
+    path = train_medusa("medusa1", job)
     cfg = json.loads((path / CONFIG_FILE).read_text())
     assert cfg["resumed_from"] == {"heads": 3} and cfg["steps_run"] == {"heads": 5}
     got = load_file(str(path / HEADS_FILE))
@@ -255,10 +330,11 @@ def test_training_loss_decreases_resume_and_decode(tmp_path, monkeypatch, tiny_l
 
 def test_medusa2_training_saves_a_delta(tmp_path, monkeypatch, tiny_llama):
     from accbench.methods.medusa.train import train_medusa
-    from rich.console import Console
 
     monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path))
-    path = train_medusa("medusa2", _req("medusa2", steps=3, stage1_steps=3), Console(quiet=True))
+    job = _job("medusa2", steps=3, stage1_steps=3)
+    path = train_medusa("medusa2", job)
+    assert not any("lora" in n for n, _ in job.model.named_parameters())  # the model is left as it was
     delta = load_file(str(path / DELTA_FILE))
     assert any(k.endswith("lora_b") and v.abs().sum() > 0 for k, v in delta.items())
     md = get("medusa2")(tiny_llama.model, tiny_llama.tokenizer, model_name="tiny-random-llama",

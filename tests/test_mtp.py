@@ -183,16 +183,29 @@ def test_no_drafts_decodes_one_token_per_step(tiny_llama):
 # --------------------------------------------------------------------------------------
 
 
-def _request(tmp_path, steps, **options):
-    from accbench.training.train_data import TrainRequest
+def _job(tmp_path, steps, **options):
+    """A training job on a freshly loaded tiny model (``unfreeze`` fine-tunes the model it is given)."""
+    from accbench.methods.core import TrainJob
+    from accbench.models import load_model
+    from accbench.training.artifacts import ModelArtifacts
+    from accbench.training.train_data import training_documents
 
     text = tmp_path / "train.txt"
     if not text.exists():
         docs = [f"def f{i}(x):\n    return x * {i} + {i % 7}\n\nassert f{i}(2) == {2 * i + i % 7}" for i in range(40)]
         text.write_text("\n\n".join(docs))
+    lm = load_model("tiny-random-llama")
     opts = {"windows": 6, "eval_chunks": 2, "ckpt_every": 3, **options}
-    return TrainRequest(method="mtp", model="tiny-random-llama", steps=steps, batch_size=2, seq_len=48, lr=3e-3,
-                        sources=(), text_files=[str(text)], options=opts)
+    return TrainJob(method="mtp", model_name="tiny-random-llama", model=lm.model, tokenizer=lm.tokenizer,
+                    documents=training_documents((), [str(text)]), artifacts=ModelArtifacts("tiny-random-llama"),
+                    device=lm.device, dtype=lm.dtype, steps=steps, batch_size=2, seq_len=48, lr=3e-3, options=opts,
+                    log=lambda line: None)
+
+
+def _checkpoint_step(artifact):
+    from accbench.methods.training import Checkpoint, work_dir
+
+    return Checkpoint.read_state(work_dir(artifact) / "heads.safetensors")["step"]
 
 
 def _heads_state(path):
@@ -202,21 +215,22 @@ def _heads_state(path):
 
 
 def test_trained_heads_become_the_default_and_decode_losslessly(tiny_llama, tmp_path, monkeypatch):
-    from accbench.training.artifacts import get_default
     from accbench.methods.mtp.train import train_mtp
-    from rich.console import Console
+    from accbench.training.artifacts import ModelArtifacts, get_default
 
     monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path / "cache"))
-    out = train_mtp(_request(tmp_path, 6, n=3), Console(quiet=True))
+    out = train_mtp(_job(tmp_path, 6, n=3))
     meta = json.loads((out / "mtp.json").read_text())
     assert meta["steps_done"] == 6 and len(meta["final_loss"]) == 2
     acc = meta["held_out"]["head_acc"]
     assert acc[0] == 1.0 and len(acc) == 3 and all(0.0 <= a <= 1.0 for a in acc)
     assert get_default("tiny-random-llama", "mtp") == out
-    dec = MTPDecoder(tiny_llama.model, tiny_llama.tokenizer, model_name="tiny-random-llama")
+    store = ModelArtifacts("tiny-random-llama")
+    dec = MTPDecoder(tiny_llama.model, tiny_llama.tokenizer, model_name="tiny-random-llama", artifacts=store)
     assert dec.heads.n_extra == 2
     assert dec._vocab is not None and 0 < len(dec._vocab) < tiny_llama.model.config.vocab_size  # draft vocabulary
-    full = MTPDecoder(tiny_llama.model, tiny_llama.tokenizer, model_name="tiny-random-llama", draft_vocab="full")
+    full = MTPDecoder(tiny_llama.model, tiny_llama.tokenizer, model_name="tiny-random-llama", artifacts=store,
+                      draft_vocab="full")
     ar = get("ar")(tiny_llama.model, tiny_llama.tokenizer)
     for t in TEXTS[1:3]:
         ids = tiny_llama.tokenizer(t).input_ids
@@ -227,7 +241,6 @@ def test_trained_heads_become_the_default_and_decode_losslessly(tiny_llama, tmp_
 
 def test_training_loss_decreases(tmp_path, monkeypatch):
     from accbench.methods.mtp import train as mtp_train
-    from rich.console import Console
 
     monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path / "cache"))
     seen = []
@@ -239,7 +252,7 @@ def test_training_loss_decreases(tmp_path, monkeypatch):
         return loss
 
     monkeypatch.setattr(mtp_train.F, "cross_entropy", spy)
-    mtp_train.train_mtp(_request(tmp_path, 20, n=2), Console(quiet=True))
+    mtp_train.train_mtp(_job(tmp_path, 20, n=2))
     first, last = sum(seen[:3]) / 3, sum(seen[17:20]) / 3
     assert all(math.isfinite(x) for x in seen[:20])
     assert last < first - 0.5, (first, last)
@@ -247,19 +260,18 @@ def test_training_loss_decreases(tmp_path, monkeypatch):
 
 def test_training_resumes_exactly(tmp_path, monkeypatch):
     from accbench.methods.mtp.train import train_mtp
-    from rich.console import Console
+    from accbench.methods.training import work_dir
 
     monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path / "a"))
-    full = _heads_state(train_mtp(_request(tmp_path, 7, n=2), Console(quiet=True)))
+    full = _heads_state(train_mtp(_job(tmp_path, 7, n=2)))
     # stopped after the first step (max_minutes ~ 0: it checkpoints and commits what it has) ...
     monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path / "b"))
-    part = train_mtp(_request(tmp_path, 7, n=2, max_minutes=1e-9), Console(quiet=True))
+    part = train_mtp(_job(tmp_path, 7, n=2, max_minutes=1e-9))
     assert json.loads((part / "mtp.json").read_text())["steps_done"] == 1
-    state = json.loads((part.parent / f"{part.name}.ckpt" / "state.json").read_text())
-    assert state["step"] == 1
+    assert _checkpoint_step(part) == 1
     # ... then the same command resumes from the checkpoint and ends where an uninterrupted run does
-    resumed_dir = train_mtp(_request(tmp_path, 7, n=2), Console(quiet=True))
-    assert resumed_dir == part and not (part.parent / f"{part.name}.ckpt").exists()
+    resumed_dir = train_mtp(_job(tmp_path, 7, n=2))
+    assert resumed_dir == part and not work_dir(part).exists()
     resumed = _heads_state(resumed_dir)
     assert resumed.keys() == full.keys()
     for k in full:
@@ -269,10 +281,9 @@ def test_training_resumes_exactly(tmp_path, monkeypatch):
 def test_ctrl_c_keeps_finished_steps_and_resumes_exactly(tmp_path, monkeypatch):
     import pytest
     from accbench.methods.mtp import train as mtp_train
-    from rich.console import Console
 
     monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path / "a"))
-    full = _heads_state(mtp_train.train_mtp(_request(tmp_path, 7, n=2, ckpt_every=100), Console(quiet=True)))
+    full = _heads_state(mtp_train.train_mtp(_job(tmp_path, 7, n=2, ckpt_every=100)))
     # Ctrl-C inside the 4th step (n=2: one cross-entropy per step), long before any periodic checkpoint
     monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path / "b"))
     real, calls = mtp_train.F.cross_entropy, []
@@ -285,23 +296,22 @@ def test_ctrl_c_keeps_finished_steps_and_resumes_exactly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mtp_train.F, "cross_entropy", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        mtp_train.train_mtp(_request(tmp_path, 7, n=2, ckpt_every=100), Console(quiet=True))
-    ckpts = list((tmp_path / "b").rglob("*.ckpt"))
-    assert len(ckpts) == 1 and json.loads((ckpts[0] / "state.json").read_text())["step"] == 3
+        mtp_train.train_mtp(_job(tmp_path, 7, n=2, ckpt_every=100))
+    works = list((tmp_path / "b").rglob("*.work"))
+    assert len(works) == 1 and _checkpoint_step(works[0].with_name(works[0].name[: -len(".work")])) == 3
     monkeypatch.setattr(mtp_train.F, "cross_entropy", real)
-    resumed = _heads_state(mtp_train.train_mtp(_request(tmp_path, 7, n=2, ckpt_every=100), Console(quiet=True)))
+    resumed = _heads_state(mtp_train.train_mtp(_job(tmp_path, 7, n=2, ckpt_every=100)))
     assert resumed.keys() == full.keys()
     for k in full:
         torch.testing.assert_close(resumed[k], full[k], atol=1e-6, rtol=1e-5)
 
 
 def test_unfreeze_saves_a_runnable_fine_tuned_model(tmp_path, monkeypatch):
-    from accbench.models import load_model
     from accbench.methods.mtp.train import train_mtp
-    from rich.console import Console
+    from accbench.models import load_model
 
     monkeypatch.setenv("ACCBENCH_CACHE_DIR", str(tmp_path / "cache"))
-    out = train_mtp(_request(tmp_path, 2, n=2, unfreeze=True), Console(quiet=True))
+    out = train_mtp(_job(tmp_path, 2, n=2, unfreeze=True))
     assert (out / "config.json").exists() and (out / "heads.safetensors").exists()
     lm = load_model(str(out))
     dec = MTPDecoder(lm.model, lm.tokenizer, model_name=str(out))  # heads found in the model directory

@@ -35,6 +35,7 @@ from accbench.reports.costs import forward_cost
 from accbench.methods import get
 from accbench.models import load_model
 from accbench.reports.stats import bootstrap_median, first_divergence, paired_ratio
+from accbench.training.artifacts import ModelArtifacts
 from rich.console import Console
 from rich.table import Table
 
@@ -72,7 +73,9 @@ def main(model, methods, suites, n, max_new_tokens, options, prompt_format, cost
     names = [m for m in methods.split(",") if m and m != "ar"]
     opts = parse_method_options(options)
     ar = get("ar")(loaded.model, loaded.tokenizer, model_name=model)
-    decs = {m: get(m)(loaded.model, loaded.tokenizer, model_name=model, **opts.get(m, {})) for m in names}
+    store = ModelArtifacts(model)  # trained heads (mtp, medusa) are the model's defaults
+    decs = {m: get(m)(loaded.model, loaded.tokenizer, model_name=model, artifacts=store, **opts.get(m, {}))
+            for m in names}
     prompts = bench_prompts(loaded.tokenizer, suites, n, ar.eos_ids, prompt_format=prompt_format, data_dir=data_dir)
     w, st = prompts[0].ids, prompts[0].stopper
     ar.generate(w, 16, st)  # warm every path once, not recorded

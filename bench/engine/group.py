@@ -180,8 +180,7 @@ def group_messages(payload: dict[str, Any], beacon: MutableSequence[int], *, cat
             continue
         sample = by_id[sid]
         ids = prompts.ids(sample)
-        seed = sample_seed(cfg.seed, sid)
-        measure_together(sides, ids, budget, stopper, repeats=cfg.repeats, reseed=lambda d: d.reseed(seed),
+        measure_together(sides, ids, budget, stopper, repeats=cfg.repeats, seed=sample_seed(cfg.seed, sid),
                          device=device, beacon=beacon, catch=catch)
         beacon[PHASE] = SCORE
         meta = {**group.as_dict(), "sample_id": sid, "dtype": dtype, "prompt_tokens": len(ids),

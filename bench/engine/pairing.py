@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, MutableSequence, Sequence
+from typing import Any, MutableSequence, Sequence
 
 import torch
 
@@ -125,11 +125,17 @@ def lockstep(sides: Sequence[Side], ids: list[int], budget: int, stop, *, beacon
              memory, catch: bool = True) -> list[GenerationRecord | Failure]:
     """Decode ``ids`` with every side together; a record (or, with ``catch``, the Failure of a
     side that raised) per side, in order. The sides go on when one fails."""
-    for s in sides:
-        s.decoder.paired = len(sides) > 1
-    gens = {rank: steps_of(s.decoder, ids, budget, stop) for rank, s in enumerate(sides)}
-    counts = dict.fromkeys(gens, 0)
     out: list[Any] = [None] * len(sides)
+    gens = {}
+    for rank, s in enumerate(sides):
+        s.decoder.paired = len(sides) > 1
+        try:
+            gens[rank] = steps_of(s.decoder, ids, budget, stop)
+        except Exception as e:
+            if not catch:
+                raise
+            out[rank] = Failure(error_text(e), traceback.format_exc())
+    counts = dict.fromkeys(gens, 0)
     while gens:
         rank = min(gens, key=lambda r: (counts[r], r))
         beacon[METHOD] = sides[rank].slot
@@ -149,17 +155,16 @@ def lockstep(sides: Sequence[Side], ids: list[int], budget: int, stop, *, beacon
 
 
 def measure_together(sides: list[Side], ids: list[int], budget: int, stop, *, repeats: int,
-                     reseed: Callable[[Any], None], device: torch.device, beacon: MutableSequence[int],
-                     catch: bool = True) -> None:
+                     seed: int, device: torch.device, beacon: MutableSequence[int], catch: bool = True) -> None:
     """``repeats`` lockstep generations of one sample; fills each side's records (all kept),
-    peak memory and failure. Each decoder is reseeded before every generation."""
+    peak memory and failure. Each decoder is reseeded with ``seed`` before every generation."""
     meter = CudaMemory if device.type == "cuda" else ProcessMemory
     for _ in range(repeats):
         live = [s for s in sides if s.failure is None]
         if not live:
             return
         for s in live:
-            reseed(s.decoder)
+            s.decoder.reseed(seed)
         memory = meter(device, len(live))
         results = lockstep(live, ids, budget, stop, beacon=beacon, memory=memory, catch=catch)
         for s, res, peak in zip(live, results, memory.peaks_mb()):

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import click
-
 from accbench.errors import AccbenchError
 
 TRAIN_SOURCES = ("mbpp", "cnndm")

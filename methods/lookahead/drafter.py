@@ -17,11 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from accbench.methods import register
 from accbench.methods.core import DecoderBase, Drafter, Proposal, option, speculative_decode
-from accbench.methods.lookahead.layout import (NgramPool, advance_window, candidate_tree, layout_block_size,
-                                               lookahead_layout)
+from accbench.methods.lookahead.layout import (
+    NgramPool,
+    advance_window,
+    candidate_tree,
+    layout_block_size,
+    lookahead_layout,
+)
 
 #: used when neither options nor a tuned default give W, N, G
 BUILTIN_DEFAULT = {"W": 4, "N": 4, "G": 4}

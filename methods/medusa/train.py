@@ -38,8 +38,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from rich.table import Table
-
 from accbench.methods.core.errors import AccbenchError
 from accbench.methods.core.jobs import TrainJob
 from accbench.methods.core.quirks import logits_from_hidden
@@ -63,6 +61,7 @@ from accbench.methods.training import (
     train_steps,
     work_dir,
 )
+from rich.table import Table
 
 # Defaults sized for the packaged 135M-270M models on a 2-core CPU (medusa1 on smollm2-135m,
 # idle machine: 13.4 min = 3:40 backbone pass over 160k tokens + 9:34 of head steps); a GPU
@@ -361,7 +360,6 @@ class _Training:
         o, self.num_heads = self.opts, int(self.opts["num_heads"])
         self.lm_weight = job.model.get_output_embeddings().weight
         vocab_size, hidden_size = self.lm_weight.shape
-        job.log(f"{method} for {job.model_name}: {len(job.documents)} documents")
         self.train_fc, self.held_fc, data_root = build_features(job, o, seq_len)
         job.log(f"training text: {len(self.train_fc)} tokens cached ({len(self.train_fc.lengths)} chunks), "
                 f"held-out: {len(self.held_fc)} tokens (cache: {data_root})")

@@ -40,7 +40,6 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-
 from accbench.methods.core.errors import AccbenchError
 from accbench.methods.core.jobs import TrainJob
 from accbench.methods.core.quirks import final_softcap, softcap
