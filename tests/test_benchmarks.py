@@ -80,7 +80,7 @@ def test_benchmark_help(script):
 
 
 def test_forward_cost_measures_each_k_once(tiny_llama):
-    from accbench.reports.costs import forward_cost
+    from accbench.methods.core.costs import forward_cost
 
     costs = forward_cost(tiny_llama.model, [1, 4, 4, 2], prefix_len=16, repeats=2, warmup=1)
     assert list(costs) == [1, 4, 2]

@@ -76,6 +76,18 @@ class Spy:
     def __getattr__(self, name):
         return getattr(self.d, name)
 
+    def start(self, prompt, first, info):
+        self.d.start(prompt, first, info)
+        pool = getattr(self.d, "pool", None)
+        if pool is not None:  # lookahead: always offer one candidate n-gram (the spy fills it in)
+            n = self.d.dec.N - 1
+            real_get = pool.get
+            pool.get = lambda key: real_get(key) or [(3,) * n]
+        index = getattr(self.d, "index", None)
+        if index is not None:  # pld: always draft (the spy fills the draft in)
+            real_draft = index.draft
+            index.draft = lambda seq, k: real_draft(seq, k) or [3] * k
+
     def propose(self, tokens, budget):
         p = self.d.propose(tokens, budget)
         self._last = (budget, p.depth if p is not None else 0)
@@ -109,7 +121,7 @@ def _decoder(method, lm, tmp_path):
     if method == "lookahead":
         return get("lookahead")(lm.model, lm.tokenizer, W=3, N=4, G=3)
     if method == "mtp":
-        return get("mtp")(lm.model, lm.tokenizer, heads="random", n=4)
+        return get("mtp")(lm.model, lm.tokenizer, heads="random", n=5)  # 4 drafts: a stop can land inside
     from test_medusa import write_artifact
 
     return get("medusa1")(lm.model, lm.tokenizer, heads=str(write_artifact(tmp_path / "h", lm.model)), tree="chain")

@@ -9,12 +9,12 @@ from accbench.methods import StopChecker, get
 from accbench.methods.core.tree import (
     accept_greedy,
     block_forward,
-    commit,
     compact_cache,
     make_cache,
     tree_depths,
     tree_visibility,
 )
+from accbench.methods.core.stopping import commit
 from transformers import DynamicCache
 
 PARENTS = [-1, 0, 0, 1, 1, 2, 3, 3, 6]  # a small tree with branching at several depths

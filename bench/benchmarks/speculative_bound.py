@@ -17,7 +17,7 @@ prompt), encoded as ``accbench run`` encodes them:
 * tau = tokens committed per decode-phase forward, acceptance per draft position, and the
   share of decode time spent drafting;
 * block sizes per step from ``extra["blocks"]`` (pld, lookahead, mtp), else a chain of
-  ``1 + drafted/steps``; cost(k) from :func:`accbench.reports.costs.forward_cost` (a causal k-token
+  ``1 + drafted/steps``; cost(k) from :func:`accbench.methods.core.costs.forward_cost` (a causal k-token
   block after a prefix of the prompts' mean length + half the budget) for every k seen;
 * bound = tau / mean cost(k_i)/cost(1), and measured / bound = decode totals / bound
   (goal >= 0.9). Both are totals over the suite's prompts, so they compare like with like.
@@ -31,7 +31,7 @@ from __future__ import annotations
 import click
 from accbench.benchmarks import PROMPT_FORMAT_HELP, bench_prompts, decode_ratio
 from accbench.cli import parse_method_options
-from accbench.reports.costs import forward_cost
+from accbench.methods.core.costs import forward_cost
 from accbench.methods import get
 from accbench.models import load_model
 from accbench.reports.stats import bootstrap_median, first_divergence, paired_ratio

@@ -77,7 +77,7 @@ def measure_cost_curve(model_name: str, *, dtype: str | None = None, device: str
                        ks: Sequence[int] = DEFAULT_KS, prefix_len: int = 256, repeats: int = 7,
                        warmup: int = 2, progress=None) -> dict[str, Any]:
     from accbench.engine import measure
-    from accbench.reports.costs import forward_cost, relative
+    from accbench.methods.core.costs import forward_cost, relative
 
     ks = sorted({int(k) for k in ks} | {1})
     if ks[0] < 1:

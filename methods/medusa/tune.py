@@ -150,7 +150,7 @@ def tune(job: TuneJob) -> Path:
     """Measure, choose and save the tree; returns the tree artifact's folder."""
     from accbench import methods as registry
     from accbench.methods.medusa.train import accuracy_table
-    from accbench.reports.costs import forward_cost
+    from accbench.methods.core.costs import forward_cost
 
     opts = parse_options(f"tune {job.method}", TuneOptions, job.options)
     dec = registry.get(job.method)(job.model, job.tokenizer, model_name=job.model_name, artifacts=job.artifacts,
