@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import click
+from accbench.errors import AccbenchError
 from rich.console import Console
 from rich.table import Table
-
-from accbench.errors import AccbenchError
 
 
 def _console() -> Console:

@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-
 from accbench.errors import AccbenchError
 
 MODEL_NAME = "accbench"

@@ -9,10 +9,9 @@ synchronisation per step is reading the new token id, which the stop check needs
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
-
 from accbench.methods import register
 from accbench.methods.core import Clock, DecoderBase, GenerationRecord, sample_from_logits
+from transformers import DynamicCache
 
 
 @register

@@ -48,11 +48,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
 from accbench.methods import register
-from accbench.methods.core import Clock, DecoderBase, GenerationRecord, OptionError, option, sample_from_logits
+from accbench.methods.core import (
+    Clock,
+    DecoderBase,
+    GenerationRecord,
+    OptionError,
+    option,
+    sample_from_logits,
+)
 from accbench.methods.core.quirks import final_softcap, softcap, text_config
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 SUPPORTED = ("llama", "gemma3_text")
 DEFAULT_PRUNE_RATE = 0.3  # see bench/benchmarks/lazyllm_ttft.py and the README for why

@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
 from accbench.methods import register
-from accbench.methods.core import DecoderBase, Drafter, OptionError, Proposal, option, speculative_decode
+from accbench.methods.core import Drafter, OptionError, Proposal, SpeculativeDecoder, option
 
 
 class NgramIndex:
@@ -60,7 +59,7 @@ class PLDDrafter(Drafter):
 
 
 @register
-class PromptLookupDecoder(DecoderBase):
+class PromptLookupDecoder(SpeculativeDecoder):
     name = "pld"
     lossless = True
     description = "Prompt lookup: drafts copied from the prompt/output n-gram match, verified in one forward."
@@ -82,8 +81,5 @@ class PromptLookupDecoder(DecoderBase):
         self.depths = torch.arange(k, device=self.device)
         self.chains = [[-1] + list(range(n)) for n in range(k)]  # chains[n]: root + n drafts
 
-    @torch.inference_mode()
-    def decode(self, prompt_ids, max_new_tokens: int, stop=None):
-        return (yield from speculative_decode(
-            self.model, PLDDrafter(self), self._prompt_tensor(prompt_ids), max_new_tokens,
-            self._stop_checker(stop), self.sampling, self._generator, lossless=self.is_lossless, paired=self.paired))
+    def drafter(self, n_positions: int) -> PLDDrafter:
+        return PLDDrafter(self)

@@ -15,7 +15,6 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from accbench.errors import AccbenchError
-
 from accbench.suites.base import Sample, Suite  # noqa: F401  (re-exported: the suite protocol is public API)
 
 _REGISTRY: dict[str, type] = {}

@@ -20,7 +20,6 @@ import os
 from typing import Any, ClassVar, Iterator
 
 from accbench.errors import AccbenchError
-
 from accbench.suites import data, register
 from accbench.suites.base import Sample, Suite
 from accbench.suites.summarization import rouge

@@ -11,7 +11,6 @@ import os
 from typing import ClassVar, Iterator
 
 from accbench.errors import AccbenchError
-
 from accbench.suites import data, register
 from accbench.suites.base import Sample, Suite
 

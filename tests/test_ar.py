@@ -3,8 +3,8 @@
 import pytest
 import torch
 from accbench import suites as suite_registry
-from accbench.methods import SamplingConfig, StopChecker, get
 from accbench.engine.prompts import encode_prompt
+from accbench.methods import SamplingConfig, StopChecker, get
 
 
 def _generate_ref(model, ids, budget, eos, stopper=None):

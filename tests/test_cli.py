@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from accbench import methods
 from accbench.cli import main
-from accbench.methods.ar import ARDecoder
 from accbench.engine.results import ResultsDir, row_key
+from accbench.methods.ar import ARDecoder
 from click.testing import CliRunner
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from accbench.methods.core import OptionError
 import torch
 from accbench.methods.ar import ARDecoder
+from accbench.methods.core import OptionError
 from accbench.methods.lazyllm import LazyLLMDecoder, computed_fraction_bound, resolve_schedule
 
 TEXT = ("The committee met on Tuesday to discuss the new budget. Several members raised concerns "

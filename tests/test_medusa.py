@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from accbench.methods.core.errors import NeedsTraining
 from accbench.methods import SamplingConfig, StopChecker, get
+from accbench.methods.core.errors import NeedsTraining
 from accbench.methods.medusa import (
     CONFIG_FILE,
     DELTA_FILE,
@@ -352,8 +352,8 @@ def test_medusa2_training_saves_a_delta(tmp_path, monkeypatch, tiny_llama):
 def test_smollm2_medusa1_equals_ar_on_real_prompts(smollm2, data_dir, tmp_path):
     """With the trained heads when they exist (else random-W heads: the check is equality)."""
     from accbench import suites as suite_registry
-    from accbench.training.artifacts import get_default
     from accbench.engine.prompts import encode_prompt
+    from accbench.training.artifacts import get_default
 
     lm = smollm2
     trained = get_default(lm.name, "medusa1")

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from accbench import suites as suite_registry
+from accbench.engine.prompts import encode_prompt
 from accbench.methods import StopChecker, get
 from accbench.methods.mtp import (
     BranchCapture,
@@ -15,7 +16,6 @@ from accbench.methods.mtp import (
     head_logits,
     load_meta_checkpoint,
 )
-from accbench.engine.prompts import encode_prompt
 
 TEXTS = ["abc abc abc abc abc", "the cat the cat the cat the", "def f(x): return x\ndef g(x): return x\ndef h(x):",
          "1 2 3 4 1 2 3 4 1 2 3 4"]

@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 from accbench.methods import StopChecker, get
+from accbench.methods.core.stopping import commit
 from accbench.methods.core.tree import (
     accept_greedy,
     block_forward,
@@ -14,7 +15,6 @@ from accbench.methods.core.tree import (
     tree_depths,
     tree_visibility,
 )
-from accbench.methods.core.stopping import commit
 from transformers import DynamicCache
 
 PARENTS = [-1, 0, 0, 1, 1, 2, 3, 3, 6]  # a small tree with branching at several depths

@@ -20,8 +20,8 @@ def bench_prompts(tokenizer, suites: str, n: int, eos_ids, *, prompt_format: str
     encodes them (``auto``: the suite's own format, raw few-shot for MBPP, chat for
     summarization), each with the suite's stop rule."""
     from accbench import suites as suite_registry
-    from accbench.methods import StopChecker
     from accbench.engine.prompts import encode_prompt, suite_format
+    from accbench.methods import StopChecker
 
     out = []
     for name in [s.strip() for s in suites.split(",") if s.strip()]:

@@ -15,9 +15,9 @@ import time
 import click
 import torch
 from accbench import suites as suite_registry
+from accbench.engine.prompts import encode_prompt, suite_format
 from accbench.methods import StopChecker, get
 from accbench.models import load_model
-from accbench.engine.prompts import encode_prompt, suite_format
 from accbench.reports.stats import bootstrap_median, first_divergence
 from rich.console import Console
 from rich.table import Table

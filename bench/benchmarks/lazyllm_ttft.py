@@ -29,10 +29,10 @@ from pathlib import Path
 import click
 import numpy as np
 from accbench import suites as suite_registry
+from accbench.engine.prompts import encode_prompt, fit_to_length
 from accbench.methods import StopChecker, get
 from accbench.methods.lazyllm import resolve_schedule
 from accbench.models import load_model
-from accbench.engine.prompts import encode_prompt, fit_to_length
 from accbench.reports.stats import bootstrap_median
 from rich.console import Console
 from rich.table import Table

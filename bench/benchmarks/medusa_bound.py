@@ -22,8 +22,8 @@ import statistics
 import click
 import torch
 from accbench.benchmarks import PROMPT_FORMAT_HELP, bench_prompts, decode_ratio
-from accbench.methods.core.costs import forward_cost, speedup_bound
 from accbench.methods import get
+from accbench.methods.core.costs import forward_cost, speedup_bound
 from accbench.models import load_model
 from accbench.reports.stats import bootstrap_median, first_divergence, paired_ratio
 from rich.console import Console

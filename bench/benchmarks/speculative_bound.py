@@ -31,8 +31,8 @@ from __future__ import annotations
 import click
 from accbench.benchmarks import PROMPT_FORMAT_HELP, bench_prompts, decode_ratio
 from accbench.cli import parse_method_options
-from accbench.methods.core.costs import forward_cost
 from accbench.methods import get
+from accbench.methods.core.costs import forward_cost
 from accbench.models import load_model
 from accbench.reports.stats import bootstrap_median, first_divergence, paired_ratio
 from accbench.training.artifacts import ModelArtifacts

@@ -155,7 +155,6 @@ def plan_groups(cfg: SweepConfig, suite_samples: dict[str, list], device: str, d
 def run_sweep(cfg: SweepConfig, progress: NullProgress | None = None, overwrite: bool = False) -> ResultsDir:
     """Run (or resume) a sweep into ``cfg.out``; returns its results folder."""
     import torch
-
     from accbench import methods as method_registry
     from accbench import suites as suite_registry
     from accbench.models import resolve_dtype

@@ -24,8 +24,22 @@ from typing import Any, Iterator, MutableSequence
 
 from accbench.engine import measure
 from accbench.engine.config import SweepConfig
-from accbench.engine.pairing import (BUILD, DECODE, LOAD, METHOD, PHASE, PHASES, SAMPLE, SCORE, WARMUP, Side,
-                                     error_text, measure_together, memory_scope, record_fields)
+from accbench.engine.pairing import (
+    BUILD,
+    DECODE,
+    LOAD,
+    METHOD,
+    PHASE,
+    PHASES,
+    SAMPLE,
+    SCORE,
+    WARMUP,
+    Side,
+    error_text,
+    measure_together,
+    memory_scope,
+    record_fields,
+)
 from accbench.engine.prompts import PromptBuilder
 from accbench.errors import AccbenchError, NeedsTraining
 
@@ -123,9 +137,8 @@ def build_decoder(method: str, loaded, cfg: SweepConfig, device: str):
         except NeedsTraining:
             if not cfg.train_missing:
                 raise
-            from rich.console import Console
-
             from accbench.training import commands
+            from rich.console import Console
 
             commands.train_method(method, loaded.name, loaded, dtype=cfg.dtype, device=device,
                                   data_dir=cfg.data_dir, console=Console())
@@ -143,7 +156,6 @@ def group_messages(payload: dict[str, Any], beacon: MutableSequence[int], *, cat
     text)``, ``("row", row)`` and ``("failed", record)``; with ``catch`` False a method's
     exception propagates instead (inline debugging)."""
     import torch
-
     from accbench import suites as suite_registry
     from accbench.methods.core import StopChecker, eos_ids_of
     from accbench.models import load_model, resolve_device, resolve_dtype

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, MutableSequence, Sequence
 
 import torch
-
 from accbench.engine import measure
 from accbench.methods.core import DecoderBase, GenerationRecord
 

@@ -20,7 +20,6 @@ import math
 from typing import Any
 
 import numpy as np
-
 from accbench.errors import AccbenchError
 from accbench.reports.runsets import (
     BASELINE,

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from accbench.errors import AccbenchError
 from accbench.reports.runsets import (
     BASELINE,

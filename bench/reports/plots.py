@@ -18,7 +18,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402,F401
 import numpy as np  # noqa: E402
-
 from accbench.reports.runsets import (  # noqa: E402
     BASELINE,
     RunSet,

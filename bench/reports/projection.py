@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-
 from accbench.errors import AccbenchError
 from accbench.reports.runsets import (
     BASELINE,
@@ -50,7 +49,6 @@ def _model_for_cost(name: str, dtype: str | None, device: str | None):
     """(model, description). A path to a config.json (or a folder holding only a config)
     builds random weights from it; anything else is loaded by name."""
     import torch
-
     from accbench.models import load_model, resolve_device, resolve_dtype
 
     p = Path(name)

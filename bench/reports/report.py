@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
-
 from accbench.errors import AccbenchError
 from accbench.reports.runsets import BASELINE, RunSet, finite, load_runs
+from rich.console import Console
+from rich.table import Table
 
 
 def _console() -> Console:

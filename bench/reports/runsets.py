@@ -22,9 +22,8 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-
-from accbench.errors import AccbenchError
 from accbench.engine.results import ResultsDir
+from accbench.errors import AccbenchError
 from accbench.reports.stats import paired_ratio
 
 BASELINE = "ar"

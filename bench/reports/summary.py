@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from accbench.reports.stats import bootstrap_median, paired_ratio
 
 GROUP = ("model", "device", "suite", "prompt_length")

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
-
 from accbench.methods.core.protocol import ArtifactStore
 
 

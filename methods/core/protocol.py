@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Generator, Protocol, Sequence, runtime_checkable
 
 import torch
-
 from accbench.methods.core.options import NoOptions, parse_options
 from accbench.methods.core.record import GenerationRecord, run_to_end
 from accbench.methods.core.sampling import SamplingConfig

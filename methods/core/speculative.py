@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Generator, Sequence
 
 import torch
-
+from accbench.methods.core.protocol import DecoderBase
 from accbench.methods.core.quirks import logits_from_hidden
 from accbench.methods.core.record import Clock, GenerationRecord
 from accbench.methods.core.sampling import sample_from_logits
@@ -196,3 +196,24 @@ def block_extra(blocks: dict[int, int]) -> dict[str, Any]:
     """Verification blocks for ``GenerationRecord.extra``: ``blocks`` (block size -> decode
     steps) and their step-weighted mean ``mean_block``."""
     return {"blocks": blocks, "mean_block": sum(k * c for k, c in blocks.items()) / max(1, sum(blocks.values()))}
+
+
+class SpeculativeDecoder(DecoderBase):
+    """A method that decodes with the one loop: it supplies ``drafter(n_positions)`` (a fresh
+    Drafter for one generation over prompt + budget positions) and, when it verifies with
+    another model than ``self.model`` (Medusa-2's merged backbone), ``target``."""
+
+    @property
+    def target(self):
+        return self.model
+
+    def drafter(self, n_positions: int) -> Drafter:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def decode(self, prompt_ids, max_new_tokens: int, stop=None):
+        ids = self._prompt_tensor(prompt_ids)
+        self.last_drafter = self.drafter(ids.shape[1] + max_new_tokens)
+        return (yield from speculative_decode(
+            self.target, self.last_drafter, ids, max_new_tokens, self._stop_checker(stop), self.sampling,
+            self._generator, lossless=self.is_lossless, paired=self.paired))

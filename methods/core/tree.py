@@ -15,9 +15,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from transformers import DynamicCache
-
 from accbench.methods.core.quirks import logits_from_hidden, sliding_window
+from transformers import DynamicCache
 
 
 def make_cache(model) -> DynamicCache:

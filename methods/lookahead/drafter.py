@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from accbench.methods import register
-from accbench.methods.core import DecoderBase, Drafter, Proposal, option, speculative_decode
+from accbench.methods.core import Drafter, Proposal, SpeculativeDecoder, option
 from accbench.methods.lookahead.layout import (
     NgramPool,
     advance_window,
@@ -111,7 +111,7 @@ class LookaheadDrafter(Drafter):
 
 
 @register
-class LookaheadDecoder(DecoderBase):
+class LookaheadDecoder(SpeculativeDecoder):
     """Lookahead decoding (Fu et al. 2024, arXiv 2402.02057): Jacobi iterations over a window
     of future positions produce n-grams; n-grams starting with the last committed token are
     verified in the same forward pass. No draft model, no training; lossless under greedy.
@@ -160,11 +160,8 @@ class LookaheadDecoder(DecoderBase):
             return None
         return {k: int(entry[k]) for k in ("W", "N", "G")} if entry else None
 
-    @torch.inference_mode()
-    def decode(self, prompt_ids, max_new_tokens: int, stop=None):
-        return (yield from speculative_decode(
-            self.model, LookaheadDrafter(self), self._prompt_tensor(prompt_ids), max_new_tokens,
-            self._stop_checker(stop), self.sampling, self._generator, lossless=self.is_lossless, paired=self.paired))
+    def drafter(self, n_positions: int) -> LookaheadDrafter:
+        return LookaheadDrafter(self)
 
     @classmethod
     def tune(cls, job):

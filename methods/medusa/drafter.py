@@ -25,19 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from accbench.methods.core import (
-    DecoderBase,
     Drafter,
     OptionError,
     Proposal,
+    SpeculativeDecoder,
     option,
     sampling_probs,
-    speculative_decode,
 )
 from accbench.methods.core.errors import AccbenchError, NeedsTraining
 from accbench.methods.core.tree import longest_accepted_path
-from accbench.methods.medusa.heads import DELTA_FILE, HEADS_FILE, load_artifact, lm_head_sub, merge_delta
+from accbench.methods.medusa.heads import DELTA_FILE, HEADS_FILE, lm_head_sub, load_artifact, merge_delta
 from accbench.methods.medusa.trees import parse_tree_spec, resolve_tree
 
 
@@ -91,7 +89,7 @@ class MedusaDrafter(Drafter):
         return {"tree": self.dec.tree_label, "tree_nodes": self.dec.tree.size, "accepted_depth_hist": self.accept_hist}
 
 
-class MedusaDecoder(DecoderBase):
+class MedusaDecoder(SpeculativeDecoder):
     """What Medusa-1 and Medusa-2 share: the heads artifact, the tree and the drafter."""
 
     lossless = True
@@ -157,11 +155,12 @@ class MedusaDecoder(DecoderBase):
         logits = self.heads.logits(hidden, self.lm_w, self.lm_b)  # [K, Vsub]
         return self.vocab_ids[logits.topk(self.topk, dim=-1).indices].reshape(-1)
 
-    @torch.inference_mode()
-    def decode(self, prompt_ids, max_new_tokens: int, stop=None):
-        return (yield from speculative_decode(
-            self.backbone, MedusaDrafter(self), self._prompt_tensor(prompt_ids), max_new_tokens,
-            self._stop_checker(stop), self.sampling, self._generator, lossless=self.is_lossless, paired=self.paired))
+    @property
+    def target(self):
+        return self.backbone  # Medusa-2: the private merged backbone
+
+    def drafter(self, n_positions: int) -> MedusaDrafter:
+        return MedusaDrafter(self)
 
     @classmethod
     def train(cls, job) -> Path:

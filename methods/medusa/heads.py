@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from torch import nn
-
 from accbench.methods.core.errors import AccbenchError
 from accbench.methods.core.quirks import hidden_size
+from torch import nn
 
 HEADS_FILE = "heads.safetensors"
 DELTA_FILE = "backbone_delta.safetensors"

@@ -13,7 +13,6 @@ import json
 from typing import Any, Sequence
 
 import torch
-
 from accbench.methods.core.errors import AccbenchError
 from accbench.methods.core.options import OptionError
 from accbench.methods.core.protocol import ArtifactStore

@@ -24,12 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from accbench.methods.core.errors import AccbenchError
 from accbench.methods.core.jobs import TuneJob
 from accbench.methods.core.options import option, parse_options
-from accbench.methods.medusa.trees import TREE_FILE, best_tree, device_tag, expected_accepted, path_weights, \
-    tree_default_key
+from accbench.methods.medusa.trees import (
+    TREE_FILE,
+    best_tree,
+    device_tag,
+    expected_accepted,
+    path_weights,
+    tree_default_key,
+)
 
 COST_KS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64)
 
@@ -87,9 +92,8 @@ def choose_tree(weights: dict, costs: dict[int, float], draft_s: float, max_node
 
 def held_out_stats(dec, job: TuneJob) -> dict | None:
     """Recompute the heads' rank statistics on the held-out text cached at training time."""
-    from safetensors.torch import load_file
-
     from accbench.methods.medusa.train import FeatureCache, _sub_lookup, eval_targets, evaluate_heads
+    from safetensors.torch import load_file
 
     cfg = dec.artifact_cfg
     data = cfg.get("train", {}).get("data")
@@ -149,8 +153,8 @@ def _print_sizes(job: TuneJob, rows: list[dict], chosen: int, title: str) -> Non
 def tune(job: TuneJob) -> Path:
     """Measure, choose and save the tree; returns the tree artifact's folder."""
     from accbench import methods as registry
-    from accbench.methods.medusa.train import accuracy_table
     from accbench.methods.core.costs import forward_cost
+    from accbench.methods.medusa.train import accuracy_table
 
     opts = parse_options(f"tune {job.method}", TuneOptions, job.options)
     dec = registry.get(job.method)(job.model, job.tokenizer, model_name=job.model_name, artifacts=job.artifacts,

@@ -15,9 +15,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from accbench.methods.core import AccbenchError, DecoderBase, Drafter, NeedsTraining, Proposal, option
-from accbench.methods.core import sample_from_logits, speculative_decode
+from accbench.methods.core import (
+    AccbenchError,
+    Drafter,
+    NeedsTraining,
+    Proposal,
+    SpeculativeDecoder,
+    option,
+    sample_from_logits,
+)
 from accbench.methods.core.quirks import final_softcap, softcap
 from accbench.methods.mtp.heads import HEADS_FILE, META_FILE, BranchCapture, MTPHeads, head_logits
 
@@ -75,7 +81,7 @@ class MTPDrafter(Drafter):
         return {}
 
 
-class MTPDecoder(DecoderBase):
+class MTPDecoder(SpeculativeDecoder):
     name = "mtp"
     lossless = True
     description = "Multi-token prediction heads (Gloeckle et al. 2024): self-speculative drafts, verified losslessly."
@@ -116,7 +122,6 @@ class MTPDecoder(DecoderBase):
         self.causal = torch.ones(k, k, dtype=torch.bool, device=self.device).tril_()
         self.depths = torch.arange(k, device=self.device)
         self.chains = [[-1] + list(range(n)) for n in range(k)]  # chains[n]: root + n drafts
-        self.last_head_cache = None  # the heads' KV cache after the latest generation (for tests)
 
     def _find_heads(self) -> Path:
         """``heads=DIR``, else a model directory holding heads, else the model's trained default."""
@@ -138,15 +143,10 @@ class MTPDecoder(DecoderBase):
         """The drafter of one generation covering ``n_positions`` (prompt + budget)."""
         return MTPDrafter(self, n_positions)
 
-    @torch.inference_mode()
-    def decode(self, prompt_ids, max_new_tokens: int, stop=None):
-        ids = self._prompt_tensor(prompt_ids)
-        drafter = self.drafter(ids.shape[1] + max_new_tokens)
-        rec = yield from speculative_decode(
-            self.model, drafter, ids, max_new_tokens, self._stop_checker(stop), self.sampling, self._generator,
-            lossless=self.is_lossless, paired=self.paired)
-        self.last_head_cache = drafter.cache
-        return rec
+    @property
+    def last_head_cache(self):
+        """The heads' KV cache after the latest generation (for tests)."""
+        return self.last_drafter.cache
 
     @classmethod
     def train(cls, job) -> Path:

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accbench.methods.core.quirks import logits_from_hidden, text_config
 from torch import nn
 from transformers import DynamicCache
-
-from accbench.methods.core.quirks import logits_from_hidden, text_config
 
 HEADS_FILE = "heads.safetensors"
 META_FILE = "mtp.json"

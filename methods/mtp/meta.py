@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import torch
-
 from accbench.methods.mtp.heads import MTPHeads
 
 
