@@ -54,7 +54,7 @@ class RichProgress:
 
     def cells(self, queued: int, running: dict[str, str], done: int, failed: int) -> None:
         where = "; ".join(f"{label} @ {w}" for label, w in running.items())
-        text = (f"cells: {queued} queued, {len(running)} running, {done} done, "
+        text = (f"groups: {queued} queued, {len(running)} running, {done} done, "
                 + (f"[red]{failed} failed[/red]" if failed else "0 failed") + (f"  [dim]{where}[/dim]" if where else ""))
         if self.cell_line is None:
             self.cell_line = self.progress.add_task(text, total=None, info="")
