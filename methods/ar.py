@@ -35,6 +35,7 @@ class ARDecoder(DecoderBase):
         nxt = sample_from_logits(logits[:, -1, :], sampling, gen)  # shape [1]
         tokens = [int(nxt)]
         ttft = clock.elapsed()
+        times = [ttft]
         hit = stopper.first_stop(tokens)
         while hit is None and len(tokens) < max_new_tokens:
             clock.pause()
@@ -45,6 +46,7 @@ class ARDecoder(DecoderBase):
                            cache_position=pos).logits
             nxt = sample_from_logits(logits[:, -1, :], sampling, gen)
             tokens.append(int(nxt))
+            times.append(clock.now())
             hit = stopper.first_stop(tokens, len(tokens) - 1)
         total = clock.elapsed()
 
@@ -55,6 +57,7 @@ class ARDecoder(DecoderBase):
             total_s=total,
             forward_passes=n,
             tokens_per_step=[1] * n,
+            step_times_s=times,
             lossless=self.is_lossless,
             finish_reason=hit[1] if hit else "length",
         )

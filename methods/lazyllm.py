@@ -458,6 +458,7 @@ class LazyLLMDecoder(DecoderBase):
         nxt = sample_from_logits(logits, sampling, gen)
         tokens = [int(nxt)]
         ttft = clock.elapsed()
+        times = [ttft]
         hit = stopper.first_stop(tokens)
         while hit is None and len(tokens) < max_new_tokens:
             clock.pause()
@@ -466,6 +467,7 @@ class LazyLLMDecoder(DecoderBase):
             logits = self.step(state, nxt.view(1, 1), n_prompt + len(tokens) - 1, rope)
             nxt = sample_from_logits(logits, sampling, gen)
             tokens.append(int(nxt))
+            times.append(clock.now())
             hit = stopper.first_stop(tokens, len(tokens) - 1)
         total = clock.elapsed()
 
@@ -474,7 +476,7 @@ class LazyLLMDecoder(DecoderBase):
         prefill_tl = sum(state.computed)
         return GenerationRecord(
             tokens=tokens, ttft_s=ttft, total_s=total, forward_passes=n, tokens_per_step=[1] * n,
-            lossless=False, finish_reason=hit[1] if hit else "length",
+            step_times_s=times, lossless=False, finish_reason=hit[1] if hit else "length",
             extra={
                 "computed_frac": prefill_tl / (L * n_prompt),
                 "computed_per_layer": [round(c / n_prompt, 4) for c in state.computed],

@@ -46,6 +46,8 @@ class PLDDrafter(Drafter):
     def __init__(self, dec: "PromptLookupDecoder"):
         self.dec = dec
         self.index = NgramIndex(dec.options.min_ngram, dec.options.max_ngram)
+        k = dec.options.num_draft
+        self.shape = {"kind": "chain", "nodes": k, "depth": k, "heads": None}  # up to k: as long as the match
 
     def start(self, prompt, first, info) -> None:
         self.prompt = prompt

@@ -146,7 +146,8 @@ def _expected_counts(steps):
     depth = max((s[1] for s in steps), default=0)
     drafted = [sum(1 for s in steps if s[1] > d) for d in range(depth)]
     accepted = [sum(1 for s in steps if min(s[2], s[3]) > d) for d in range(depth)]
-    return drafted, accepted
+    reached = [sum(1 for s in steps if s[1] > d and min(s[2], s[3]) >= d) for d in range(depth)]
+    return drafted, accepted, reached
 
 
 @pytest.mark.parametrize("method", DRAFTERS)
@@ -164,7 +165,7 @@ def test_one_counting_rule_at_a_stop_inside_an_accepted_run(method, tiny_llama, 
     assert rec.tokens == want.tokens and rec.finish_reason == "eos"
     budget, depth, a, n_c = steps[-1]
     assert a >= n_c, "the stop fell inside an accepted run (drafts after it were cut)"
-    assert (rec.drafted, rec.accepted) == _expected_counts(steps)
+    assert (rec.drafted, rec.accepted, rec.reached) == _expected_counts(steps)
     assert sum(rec.accepted) == sum(min(s[2], s[3]) for s in steps)
 
 
@@ -180,8 +181,29 @@ def test_one_counting_rule_when_the_budget_ends_inside_a_draft(method, tiny_llam
         assert rec.tokens == ref[:budget]
         assert all(depth <= b for b, depth, _, _ in steps), "no proposal deeper than the remaining budget"
         assert all(n_c <= b + 1 for b, _, _, n_c in steps)
-        assert (rec.drafted, rec.accepted) == _expected_counts(steps)
+        assert (rec.drafted, rec.accepted, rec.reached) == _expected_counts(steps)
         assert sum(rec.tokens_per_step) == budget
+        _check_steps_and_shape(rec, method)
+
+
+def _check_steps_and_shape(rec, method):
+    """One timestamp per committed step, from the first token on; the drafter's shape."""
+    times = rec.step_times_s
+    assert len(times) == len(rec.tokens_per_step) and times[0] == rec.ttft_s
+    assert all(b >= a for a, b in zip(times, times[1:])) and times[-1] <= rec.total_s
+    shape = rec.draft_shape
+    assert shape["kind"] in ("chain", "tree") and shape["depth"] >= 1 and shape["nodes"] >= shape["depth"]
+    assert max(len(rec.drafted), 1) <= shape["depth"]
+
+
+def test_step_times_of_the_plain_loops(tiny_llama):
+    lm = tiny_llama
+    for name in ("ar", "lazyllm"):
+        rec = get(name)(lm.model, lm.tokenizer).generate([5, 17, 33, 17, 90, 44, 12, 9] * 4, 12,
+                                                        StopChecker(lm.tokenizer, [], []))
+        assert len(rec.step_times_s) == rec.n_new == 12 and rec.step_times_s[0] == rec.ttft_s
+        assert all(b >= a for a, b in zip(rec.step_times_s, rec.step_times_s[1:]))
+        assert rec.step_times_s[-1] <= rec.total_s and rec.draft_shape is None
 
 
 # --------------------------------------------------------------------------------------

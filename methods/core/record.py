@@ -20,6 +20,14 @@ class GenerationRecord:
     tokens_per_step: list[int]  # tokens committed by each decoding step (prefill's first token = step 0)
     drafted: list[int] = field(default_factory=list)  # drafted[k]: steps whose proposal reached depth k+1
     accepted: list[int] = field(default_factory=list)  # accepted[k]: of those, steps that committed draft k+1
+    #: reached[k]: steps whose draft reached depth k+1 with drafts 1..k all accepted (the
+    #: denominator of the conditional acceptance rate accepted[k] / reached[k])
+    reached: list[int] = field(default_factory=list)
+    #: seconds from the start to each step's commit (index 0: the first token, = ttft_s); the
+    #: gaps are the inter-token latencies (a chunk bundles several tokens under speculation)
+    step_times_s: list[float] = field(default_factory=list)
+    #: what a drafting method verifies per step: {"kind": chain|tree|dynamic, "nodes", "depth", "heads"}
+    draft_shape: dict[str, Any] | None = None
     lossless: bool = True  # the method promises AR-identical greedy output
     finish_reason: str = "length"  # "eos" | "stop" | "length"
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific figures (draft_s, verify_s, ...)
@@ -64,6 +72,11 @@ class Clock:
     def elapsed(self) -> float:
         if self._sync:
             self._sync()
+        return time.perf_counter() - self.t0
+
+    def now(self) -> float:
+        """Seconds since :meth:`start` without a device sync: for step timestamps taken right
+        after reading token ids, which has synchronized already."""
         return time.perf_counter() - self.t0
 
     def pause(self) -> None:

@@ -4,7 +4,10 @@ drafted), acceptance, KV compaction, commit at stop strings and budget, and ever
 
 * ``drafted[d]`` counts the steps whose proposal reached depth ``d + 1`` (chain length or
   tree depth), ``accepted[d]`` those that committed a draft at depth ``d + 1``;
+* ``reached[d]``: of the steps counted in ``drafted[d]``, those whose drafts 1..d were all
+  accepted (so ``accepted[d] / reached[d]`` is the conditional acceptance rate);
 * a draft cut by a stop string, EOS or the budget is not accepted (the stopping token is);
+* ``step_times_s``: when each step committed (read after the token ids, so no extra sync);
 * ``extra["blocks"]``: verification block size (root included) -> steps.
 
 Phases of a step: propose -> verification forward -> evaluate (greedy / sampled match, or
@@ -64,6 +67,9 @@ class Drafter:
 
     #: the loop passes final hidden states (prefill: the last position; steps: every block row)
     needs_hidden: bool = False
+    #: what one step verifies, for the record: {"kind": "chain" | "tree" | "dynamic", "nodes":
+    #: draft tokens per step (at most), "depth": draft depth, "heads": draft heads or None}
+    shape: dict[str, Any] | None = None
 
     def prepare(self) -> None:
         """Before the prefill forward (untimed set-up such as forward hooks)."""
@@ -97,6 +103,7 @@ def speculative_decode(model, drafter: Drafter, ids: torch.Tensor, max_new_token
     info = Verified()
     drafted: list[int] = []
     accepted: list[int] = []
+    reached: list[int] = []
     blocks: dict[int, int] = {}
     step_pos = torch.arange(n_prompt + max_new_tokens, device=device)
     draft_s = 0.0
@@ -110,7 +117,7 @@ def speculative_decode(model, drafter: Drafter, ids: torch.Tensor, max_new_token
             logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
         tokens = [int(sample_from_logits(logits, sampling, generator))]
         ttft = clock.elapsed()
-        steps, forwards = [1], 1
+        steps, forwards, times = [1], 1, [ttft]
         hit = stopper.first_stop(tokens)
         t = clock.elapsed()
         drafter.start(ids[0].tolist(), tokens[0], info)
@@ -168,13 +175,16 @@ def speculative_decode(model, drafter: Drafter, ids: torch.Tensor, max_new_token
             compact_cache(cache, prefix, keep)  # update the cache: only the accepted path stays
             n_c, hit = commit(tokens, [tree_tokens[i] for i in path[1:]] + [bonus], stopper, max_new_tokens)
             steps.append(n_c)
+            times.append(clock.now())  # the token ids were read: no sync needed
             if depth > len(drafted):
                 drafted += [0] * (depth - len(drafted))
                 accepted += [0] * (depth - len(accepted))
+                reached += [0] * (depth - len(reached))
             counted = min(a, n_c)  # drafts cut by a stop or the budget are not accepted
             for d in range(depth):
                 drafted[d] += 1
                 accepted[d] += d < counted
+                reached[d] += d <= counted
             info.accepted, info.committed, info.prefix, info.path, info.keep, info.logits = a, n_c, prefix, path, keep, logits
             t = clock.elapsed()
             drafter.observe(info)
@@ -187,7 +197,8 @@ def speculative_decode(model, drafter: Drafter, ids: torch.Tensor, max_new_token
         extra = drafter.finish()
     return GenerationRecord(
         tokens=tokens, ttft_s=ttft, total_s=total, forward_passes=forwards, tokens_per_step=steps,
-        drafted=drafted, accepted=accepted, lossless=lossless, finish_reason=hit[1] if hit else "length",
+        drafted=drafted, accepted=accepted, reached=reached, step_times_s=times, draft_shape=drafter.shape,
+        lossless=lossless, finish_reason=hit[1] if hit else "length",
         extra={"draft_s": draft_s, "verify_s": total - ttft - draft_s, **block_extra(blocks), **extra},
     )
 

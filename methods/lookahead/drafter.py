@@ -56,6 +56,9 @@ class LookaheadDrafter(Drafter):
 
     def __init__(self, dec: "LookaheadDecoder"):
         self.dec = dec
+        # G candidate n-grams (a tree over their shared prefixes) verified beside the W x (N-1) window
+        self.shape = {"kind": "tree", "nodes": dec.G * (dec.N - 1), "depth": dec.N - 1, "heads": None,
+                      "window": dec.W * (dec.N - 1)}
         self.proposed = False  # whether the last step verified a block (not a plain step)
 
     def start(self, prompt, first, info) -> None:

@@ -46,6 +46,9 @@ class MedusaDrafter(Drafter):
 
     def __init__(self, dec: "MedusaDecoder"):
         self.dec = dec
+        tree = dec.tree
+        self.shape = {"kind": "chain" if tree.size - 1 == tree.depth else "tree", "nodes": tree.size - 1,
+                      "depth": tree.depth, "heads": dec.heads.num_heads}
         self.hidden: torch.Tensor | None = None
         self.block: Proposal | None = None  # the proposal being verified (None: a plain step)
         self.accept_hist = [0] * (dec.tree.depth + 1)  # steps by accepted depth

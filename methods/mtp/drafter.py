@@ -34,6 +34,7 @@ class MTPDrafter(Drafter):
 
     def __init__(self, dec: "MTPDecoder", n_positions: int):
         self.dec, self.heads = dec, dec.heads
+        self.shape = {"kind": "chain", "nodes": dec.num_draft, "depth": dec.num_draft, "heads": self.heads.n_extra}
         self.cache = self.heads.make_cache()  # the heads' KV: committed positions only
         self.all_pos = torch.arange(n_positions, device=dec.device)
         self.new_h: torch.Tensor | None = None  # trunk states of the committed positions the heads have not seen
