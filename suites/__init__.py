@@ -1,5 +1,5 @@
 """Suite registry. Built-in suites live in this package (``mbpp``, ``cnndm``,
-``summarization``, ``prompts``); third-party suites register through the
+``summarization``, ``prompts``, ``specbench``, ``longbench``); third-party suites register through the
 ``accbench.suites`` entry-point group (``name = "pkg.module:SuiteClass"``) or by calling
 :func:`register` at import time.
 
@@ -20,7 +20,7 @@ from accbench.suites.base import Sample, Suite  # noqa: F401  (re-exported: the 
 _REGISTRY: dict[str, type] = {}
 _BROKEN: dict[str, str] = {}  # entry points that failed to load: name -> reason
 # Built-in modules, imported lazily so `accbench list` stays fast.
-_BUILTIN_MODULES = ["mbpp", "summarization", "prompts", "longbench"]
+_BUILTIN_MODULES = ["mbpp", "summarization", "prompts", "specbench", "longbench"]
 _loaded = False
 
 

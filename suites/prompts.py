@@ -1,7 +1,8 @@
 """Speed-only suite on the user's own prompts (``--data FILE``).
 
 One JSON object a line, either ``{"prompt": "..."}`` or Spec-Bench's question format
-``{"question_id": ..., "category": ..., "turns": ["...", ...]}`` (the first turn is used).
+``{"question_id": ..., "category": ..., "turns": ["...", ...]}`` (the first turn is used; the
+``specbench`` suite sends every turn). A ``category`` field gives per-category summary lines.
 Ids come from ``id`` or ``question_id`` when present, else the line number (from 1).
 """
 
@@ -52,8 +53,8 @@ class PromptsSuite(Suite):
                 raise AccbenchError(f"{path}:{lineno}: duplicate id {sid!r} (first on line {seen[sid]})")
             seen[sid] = lineno
             meta = {"line": lineno}
-            if "category" in rec:
-                meta["category"] = rec["category"]
+            if rec.get("category") is not None:
+                meta["category"] = str(rec["category"])
             self.items.append(Sample(id=sid, prompt=prompt, reference=None, meta=meta))
         if not self.items:
             raise AccbenchError(f"{path}: no prompts")

@@ -36,11 +36,12 @@ def tiny_runs(tmp_path_factory):
         "article": f"###\nArticle: The town council met on day {i} and voted to repair the old bridge. "
                    "The bridge repair will take six weeks.\n\nSummarize the above article in 1 sentence.\n",
         "summary_gt": "The council voted to repair the bridge.", "stop": ["###"], "max_tokens": 16}) + "\n"
-        for i in range(3)))
+        for i in range(6)))  # at least stats.MIN_N samples: compare gives verdicts, not "too few samples"
     runs = []
-    for name, suite, data in (("a", "prompts", prompts), ("b", "summarization", summ)):
+    for name, suite, data, methods in (("a", "prompts", prompts, "ar,pld,lazyllm"),
+                                       ("b", "summarization", summ, "ar,pld")):
         out = d / name
-        res = _invoke(["run", "--methods", "ar,pld", "--model", "tiny-random-llama", "--suite", suite, "--data",
+        res = _invoke(["run", "--methods", methods, "--model", "tiny-random-llama", "--suite", suite, "--data",
                        str(data), "--max-new-tokens", "16", "--warmup", "0", "--out", str(out)])
         assert res.exit_code == 0, res.output
         runs.append(out)
@@ -115,24 +116,27 @@ def test_html_renders_offline_in_chromium(report_dir, tmp_path):
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
              f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-             "--virtual-time-budget=10000"]
+             "--virtual-time-budget=10000", "--window-size=1400,2400"]
     url = (report_dir / "report.html").resolve().as_uri()
     env = {**os.environ, "HOME": str(tmp_path)}
     dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=180, env=env)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    status = re.search(r'id="report-status" data-images="(\d+)" data-loaded="(\d+)" data-errors="(\d+)"', dom.stdout)
+    status = re.search(r'id="report-status" data-images="(\d+)" data-loaded="(\d+)" data-errors="(\d+)"'
+                       r'[^>]*data-overflow="(\d+)" data-overflow-detail="([^"]*)"', dom.stdout)
     assert status, dom.stdout[-2000:]
-    images, loaded, errors = map(int, status.groups())
+    images, loaded, errors, overflow = map(int, status.groups()[:4])
+    assert overflow == 0, f"tables wider than the page at 1400 px: {status.group(5)}"
+    assert "images loaded" not in dom.stdout and dom.stdout.count(">Runs<") == 2  # nav link + one heading
     assert images == n_figs and loaded == images, status.group(0)
     assert errors == 0, status.group(0)
     console = [ln for ln in dom.stderr.splitlines() if ":CONSOLE" in ln]
     assert not console, console  # console messages (CSP violations, script errors) are logged here
     shot = tmp_path / "report.png"
-    res = subprocess.run(flags + ["--hide-scrollbars", "--window-size=1280,2400", f"--screenshot={shot}", url],
+    res = subprocess.run(flags + ["--hide-scrollbars", f"--screenshot={shot}", url],
                          capture_output=True, text=True, timeout=180, env=env)
     assert res.returncode == 0 and shot.is_file(), res.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("L"))
-    assert pixels.shape[:2] == (2400, 1280) and pixels.std() > 10
+    assert pixels.shape[:2] == (2400, 1400) and pixels.std() > 10
     if os.environ.get("ACCBENCH_KEEP_SCREENSHOT"):
         shutil.copy(shot, os.environ["ACCBENCH_KEEP_SCREENSHOT"])
 
@@ -264,7 +268,70 @@ def test_runs_from_two_machines_merge_with_device_as_axis(tiny_runs, tmp_path):
     f = pd.read_csv(out / "summary.csv")
     devices = set(f["device"])
     assert len(devices) == 2 and "cuda · NVIDIA H100 80GB HBM3" in devices
-    assert len(f) == 4  # ar and pld on each machine, each paired with its own machine's AR
+    assert len(f) == 6  # ar, pld and lazyllm on each machine, each paired with its own machine's AR
     assert (f[f["method"] == "ar"]["speedup"] == 1.0).all()
     desc = Image.open(out / "throughput.png").info["Description"]
     assert "cuda · NVIDIA H100 80GB HBM3" in desc
+
+
+def test_one_colour_per_method_in_every_figure(tiny_runs, tmp_path, monkeypatch):
+    """Every figure's legend gives a method the same colour (AR grey), and the legends sit
+    outside the axes (never over the data)."""
+    from collections import defaultdict
+
+    import matplotlib.colors as mcolors
+    from accbench.reports import plots
+    from accbench.reports.runsets import load_runs
+
+    figs = []
+    monkeypatch.setattr(plots.plt, "close", lambda fig=None: figs.append(fig))
+    plots.all_plots(load_runs(tiny_runs), tmp_path)
+    colours = defaultdict(set)
+    for fig in figs:
+        for ax in fig.axes:
+            leg = ax.get_legend()
+            if leg is None:
+                continue
+            fig.canvas.draw()
+            box, axbox = leg.get_window_extent(), ax.get_window_extent()
+            assert box.x0 >= axbox.x1 - 1, "legend over the data"
+            for handle, text in zip(leg.legend_handles, leg.get_texts()):
+                name = text.get_text().removeprefix("method: ")
+                if name in ("ar", "pld", "lazyllm"):
+                    c = handle.get_color() if hasattr(handle, "get_color") else handle.get_facecolor()
+                    colours[name].add(mcolors.to_hex(c if not hasattr(c, "ndim") or c.ndim == 1 else c[0]))
+    assert {"pld", "lazyllm"} <= set(colours)
+    assert all(len(c) == 1 for c in colours.values()), dict(colours)
+    assert colours["pld"] == {plots.method_color("pld")} != colours["lazyllm"]
+
+
+def test_cross_run_pairing_needs_identical_settings(tiny_runs, tmp_path):
+    """A LazyLLM-only run borrows AR rows from another folder only under identical settings,
+    and the report says so under the table; an incomplete run is flagged at the top."""
+    from accbench.reports.runsets import load_runs
+
+    src = tiny_runs[0]
+    only = {}
+    for keep in ("ar", "lazyllm"):
+        dst = tmp_path / keep
+        shutil.copytree(src, dst)
+        rows = [x for x in (dst / "samples.jsonl").read_text().splitlines() if json.loads(x)["method"] == keep]
+        (dst / "samples.jsonl").write_text("\n".join(rows) + "\n")
+        only[keep] = dst
+    f = load_runs([only["ar"], only["lazyllm"]]).frame
+    assert f[f.method == "lazyllm"]["speedup"].notna().all()
+    notes = load_runs([only["ar"], only["lazyllm"]]).pairing_notes()
+    assert any(f"pair with AR rows of {only['ar']}" in n for n in notes.values())
+    cfg = json.loads((only["ar"] / "config.json").read_text())
+    cfg["settings"]["max_new_tokens"] = 99
+    cfg["status"] = "running"
+    (only["ar"] / "config.json").write_text(json.dumps(cfg))
+    rs = load_runs([only["ar"], only["lazyllm"]])
+    assert rs.frame[rs.frame.method == "lazyllm"]["speedup"].isna().all()
+    assert any("without an AR row of the same settings" in n for n in rs.pairing_notes().values())
+    out = tmp_path / "rep"
+    res = _invoke(["report", str(only["ar"]), str(only["lazyllm"]), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    md = (out / "report.md").read_text()
+    assert md.split("\n\n")[1].startswith("WARNING: ") and "incomplete run" in md
+    assert "without an AR row of the same settings" in md

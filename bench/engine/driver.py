@@ -55,6 +55,8 @@ class Driver:
     def __init__(self, cfg: SweepConfig, progress: NullProgress, results: ResultsDir, rows: list[dict]):
         self.cfg, self.progress, self.results = cfg, progress, results
         self.done = {row_key(r) for r in rows}
+        #: output texts by row key: the answers a later turn of a conversation is built on
+        self.texts = {row_key(r): r.get("output_text") for r in rows}
         self.ar_tokens = {row_key({**r, "method": BASELINE}): r["new_token_ids"]
                           for r in rows if r["method"] == BASELINE}
         self.failed: list[dict[str, Any]] = []
@@ -89,6 +91,7 @@ class Driver:
         row["executor"] = self.cfg.executor
         self.results.append({**{f: row[f] for f in _FIRST if f in row}, **{f: v for f, v in row.items() if f not in _FIRST}})
         self.done.add(k)
+        self.texts[k] = row.get("output_text")
         self.progress.row_done(row)
 
     def fail(self, group: Group, rec: dict[str, Any]) -> None:
@@ -198,8 +201,19 @@ def run_sweep(cfg: SweepConfig, progress: NullProgress | None = None, overwrite:
     return results
 
 
-def _payload(base: dict[str, Any], group: Group, work: Work) -> dict[str, Any]:
-    return {**base, "group": group.as_dict(), "methods": work.methods, "todo": work.as_payload()}
+def _payload(base: dict[str, Any], group: Group, work: Work, texts: dict | None = None) -> dict[str, Any]:
+    """A group's task; ``answers``: the baseline's (first method's) output texts already in the
+    results folder, for the group's multi-turn samples to build later turns on."""
+    first = ordered_methods(base["cfg"]["methods"])[0]
+    answers = {}
+    for sid, _ in work.todo:
+        if "/t" in sid:  # a conversation's turn (suites.specbench): its earlier turns' answers
+            q, _, turn = sid.rpartition("/t")
+            for k in range(1, int(turn) if turn.isdigit() else 0):
+                text = (texts or {}).get(group.key(f"{q}/t{k}", first))
+                if text is not None:
+                    answers[f"{q}/t{k}"] = text
+    return {**base, "group": group.as_dict(), "methods": work.methods, "todo": work.as_payload(), "answers": answers}
 
 
 def _run_groups(groups, driver: Driver, messages) -> None:
@@ -220,11 +234,11 @@ def _run_groups(groups, driver: Driver, messages) -> None:
 
 
 def _run_inline(groups, driver: Driver, base: dict[str, Any]) -> None:
-    _run_groups(groups, driver, lambda g, w: group_messages(_payload(base, g, w), [LOAD, -1, -1], catch=False))
+    _run_groups(groups, driver, lambda g, w: group_messages(_payload(base, g, w, driver.texts), [LOAD, -1, -1], catch=False))
 
 
 def _run_local(groups, driver: Driver, base: dict[str, Any], retries: int) -> None:
-    _run_groups(groups, driver, lambda g, w: supervise(_payload(base, g, w), retries))
+    _run_groups(groups, driver, lambda g, w: supervise(_payload(base, g, w, driver.texts), retries))
 
 
 # -- ray --------------------------------------------------------------------------------
@@ -275,7 +289,7 @@ def _run_ray(groups, driver: Driver, base: dict[str, Any], cfg: SweepConfig) -> 
     running: dict[Any, tuple[Group, Work, int]] = {}
 
     def submit(group: Group, work: Work, attempt: int) -> None:
-        payload = {**_payload(base, group, work), "threads": threads}
+        payload = {**_payload(base, group, work, driver.texts), "threads": threads}
         running[task.remote(payload, cfg.retries or 0)] = (group, work, attempt)
         driver.running[group.label] = "queued on ray"
 

@@ -185,19 +185,21 @@ def group_messages(payload: dict[str, Any], beacon: MutableSequence[int], *, cat
                                 beacon, catch)
         if dec is not None:
             decoders[m] = dec
+    talk = Conversations(payload.get("answers") or {}, by_id, prompts, decoders, cfg, work, budget, stopper)
     for pos, (sid, ms) in enumerate(work.as_payload()):
         beacon[PHASE], beacon[SAMPLE], beacon[METHOD] = DECODE, pos, -1
         sides = [Side(work.methods.index(m), m, decoders[m]) for m in ms if m in decoders]
         if not sides:
             continue
         sample = by_id[sid]
-        ids = prompts.ids(sample)
+        ids = prompts.ids(sample, talk.history(sample))
         measure_together(sides, ids, budget, stopper, repeats=cfg.repeats, seed=sample_seed(cfg.seed, sid),
                          device=device, beacon=beacon, catch=catch)
         beacon[PHASE] = SCORE
         meta = {**group.as_dict(), "sample_id": sid, "dtype": dtype, "prompt_tokens": len(ids),
                 "prompt_format": prompts.format, "pairing": "lockstep" if len(sides) > 1 else "alone",
-                "peak_mem_scope": memory_scope(device)}
+                "peak_mem_scope": memory_scope(device),
+                **{k: sample.meta[k] for k in ("category", "subcategory", "turn") if k in (sample.meta or {})}}
         for s in sides:
             beacon[METHOD] = s.slot
             if s.failure is not None:
@@ -210,7 +212,48 @@ def group_messages(payload: dict[str, Any], beacon: MutableSequence[int], *, cat
                     raise
                 yield "failed", failure(s.method, sid, SCORE, error_text(e), traceback.format_exc())
                 continue
+            talk.answered(sid, s.method, row["output_text"])
             yield "row", row
+
+
+class Conversations:
+    """Earlier turns' answers for multi-turn samples (``meta["turns"]``, ids ``<q>/t<k>``).
+
+    A later turn is built on the answers of the group's baseline (the sweep's first method, AR
+    when it runs), so every method gets the same prompt for it; answers come from the results
+    folder (the driver's ``answers``), from this group's rows, or, when neither has one (the
+    worker restarted), from an untimed generation with the baseline's decoder."""
+
+    def __init__(self, known: dict[str, str], by_id, prompts, decoders, cfg: SweepConfig, work: Work, budget, stopper):
+        from accbench.engine.config import ordered_methods
+
+        self.answers = dict(known)
+        self.by_id, self.prompts, self.decoders, self.budget, self.stopper = by_id, prompts, decoders, budget, stopper
+        self.first = ordered_methods(cfg.methods)[0]
+        self.order = [self.first] + [m for m in work.methods if m != self.first]
+        self.given_by: dict[str, int] = {}
+
+    def history(self, sample) -> list[str]:
+        turns = (sample.meta or {}).get("turns") or []
+        q = sample.meta.get("question")
+        return [self._answer(f"{q}/t{k}") for k in range(1, len(turns))]
+
+    def answered(self, sid: str, method: str, text: str) -> None:
+        """A row's output; kept when it comes from the most preferred method so far."""
+        rank = self.order.index(method) if method in self.order else len(self.order)
+        if (self.by_id[sid].meta or {}).get("turns") and rank < self.given_by.get(sid, len(self.order) + 1):
+            self.answers[sid], self.given_by[sid] = text, rank
+
+    def _answer(self, sid: str) -> str:
+        if sid not in self.answers:
+            dec = next((self.decoders[m] for m in self.order if m in self.decoders), None)
+            if dec is None:
+                raise AccbenchError(f"no decoder to answer {sid}, which a later turn builds on")
+            sample = self.by_id[sid]
+            ids = self.prompts.ids(sample, self.history(sample))
+            rec = dec.generate(ids, self.budget, self.stopper)  # untimed: its answer only
+            self.answers[sid] = self.stopper.text(rec.tokens)
+        return self.answers[sid]
 
 
 def _ready(method: str, work: Work, loaded, cfg: SweepConfig, device: str, ids: list[int], budget: int,

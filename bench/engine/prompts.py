@@ -28,6 +28,29 @@ def encode_prompt(tokenizer, text: str, prompt_format: str) -> list[int]:
     return [int(i) for i in tokenizer(text).input_ids]
 
 
+def encode_conversation(tokenizer, turns: list[str], answers: list[str], prompt_format: str) -> list[int]:
+    """A multi-turn prompt: user ``turns[0]``, assistant ``answers[0]``, ..., user ``turns[-1]``
+    (``len(answers) == len(turns) - 1``), through the chat template; in raw format the turns
+    joined as "User: ... / Assistant: ..." paragraphs, ending with "Assistant:"."""
+    if len(turns) == 1:
+        return encode_prompt(tokenizer, turns[0], prompt_format)
+    if prompt_format == "chat" and getattr(tokenizer, "chat_template", None):
+        messages = []
+        for k, text in enumerate(turns):
+            messages.append({"role": "user", "content": text})
+            if k < len(answers):
+                messages.append({"role": "assistant", "content": answers[k]})
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return [int(i) for i in ids]
+    parts = []
+    for k, text in enumerate(turns):
+        parts.append(f"User: {text}")
+        parts.append(f"Assistant: {answers[k]}" if k < len(answers) else "Assistant:")
+    return [int(i) for i in tokenizer("\n\n".join(parts)).input_ids]
+
+
 def fit_to_length(ids: list[int], length: int, filler: list[int], bos_id: int | None) -> list[int]:
     """Cut or pack a prompt to exactly ``length`` tokens.
 
@@ -59,8 +82,14 @@ class PromptBuilder:
             for other in samples[:FILLER_SAMPLES]:
                 self.filler += encode_prompt(tokenizer, other.prompt, "raw")
 
-    def ids(self, sample) -> list[int]:
-        ids = encode_prompt(self.tokenizer, sample.prompt, self.format)
+    def ids(self, sample, answers: list[str] | None = None) -> list[int]:
+        """The sample's ids; a later turn of a conversation (``meta["turns"]``) with the
+        ``answers`` given to the earlier turns."""
+        turns = (sample.meta or {}).get("turns")
+        if turns and len(turns) > 1:
+            ids = encode_conversation(self.tokenizer, turns, list(answers or []), self.format)
+        else:
+            ids = encode_prompt(self.tokenizer, sample.prompt, self.format)
         if self.length is not None:
             ids = fit_to_length(ids, self.length, self.filler, self.tokenizer.bos_token_id)
         return ids

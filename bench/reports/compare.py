@@ -8,8 +8,10 @@ Changes are paired by sample: for each sample present in both runs,
 * TTFT: B's / A's (median ratio; lower is better);
 * quality: B's score - A's on the suite's main metric (mean difference, percentage points).
 
-A metric's verdict is *better* or *worse* only when its interval excludes no change and the
-change is at least ``min_change`` (relative, for speed and TTFT); otherwise *within noise*.
+A metric's verdict is *better* or *worse* only when its BCa interval (accbench.reports.stats)
+excludes no change and the change is at least ``min_change`` (relative, for speed and TTFT);
+otherwise *within noise*. With fewer than ``stats.MIN_N`` shared samples there is no interval
+and the row says *too few samples*.
 The row's verdict: worse if any metric is worse and none better, better if the reverse,
 mixed if both, within noise otherwise.
 """
@@ -26,13 +28,13 @@ from accbench.reports.runsets import (
     RunSet,
     ar_index,
     ar_of,
-    bootstrap_stat,
     finite,
     primary_quality,
     quality_scale,
     sample_speedup,
     sample_tau,
 )
+from accbench.reports.stats import MIN_N, bootstrap_stat
 
 SAME = "within noise"
 
@@ -112,7 +114,9 @@ def compare(a: RunSet, b: RunSet, *, min_change: float = 0.05, level: float = 0.
         verdicts = {"speed": speed_v, "tau": tau_v, "ttft": ttft_v, "quality": q_v}
         worse = [k for k, v in verdicts.items() if v == "worse"]
         better = [k for k, v in verdicts.items() if v == "better"]
-        if worse and better:
+        if len(ids) < MIN_N:
+            verdict = f"too few samples (n={len(ids)} < {MIN_N})"
+        elif worse and better:
             verdict = f"mixed (worse: {', '.join(worse)}; better: {', '.join(better)})"
         elif worse:
             verdict = f"worse ({', '.join(worse)})"

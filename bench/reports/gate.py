@@ -8,8 +8,13 @@ Exact, hardware-independent (greedy decoding makes these deterministic: any chan
 * ``tau``: tokens per decode step per method x suite does not drop below the baseline
   (``--tau-tolerance``, default 0).
 * ``forwards/token``: target forward passes per generated token does not rise above the baseline.
-* ``quality``: every quality metric (pass@1, ROUGE-1/2/L) is not below the baseline by more
-  than ``--quality-tolerance`` percentage points (default 0.5; pass@1 counts as 0-100).
+* ``quality``: per metric (pass@1, ROUGE-1/2/L), the paired per-sample change against the
+  baseline: flagged when the mean drop exceeds ``--quality-tolerance`` percentage points
+  (default 0.5; pass@1 counts as 0-100) and its BCa 95% interval lies wholly below zero
+  (below stats.MIN_N samples, on the drop alone).
+
+A baseline must exercise what it gates: one whose outputs are all at most one token long in a
+suite, or whose quality scores are all zero in a suite, is refused (``degenerate``).
 
 Timing (never absolute seconds):
 
@@ -39,13 +44,13 @@ from accbench.reports.runsets import (
     RunSet,
     ar_index,
     ar_of,
-    bootstrap_stat,
     finite,
     quality_scale,
     sample_speedup,
     sample_tau,
     tokens_digest,
 )
+from accbench.reports.stats import bootstrap_mean, bootstrap_stat
 
 FORMAT = "accbench-baseline/1"
 #: run settings that must equal the baseline's for its numbers to be comparable
@@ -102,6 +107,22 @@ def _tau(rows) -> float:
 # ---------------------------------------------------------------------------------------
 
 
+def degenerate(groups: list[dict[str, Any]]) -> str | None:
+    """Why a baseline (its ``groups``) gates nothing real, or None: in some suite every output is at
+    most one token long, or every quality score is zero."""
+    by_suite: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for g in groups:
+        by_suite[g["suite"]].extend(g["samples"].values())
+    for suite, samples in sorted(by_suite.items()):
+        if samples and all(s["n_new"] <= 1 for s in samples):
+            return (f"every {suite} output in it is at most one token long (a prompt format the model "
+                    "stops on at once?)")
+        scores = [v for s in samples for v in (s.get("quality") or {}).values() if finite(v)]
+        if scores and all(v == 0 for v in scores):
+            return f"every {suite} quality score in it is zero, so its quality rule can never fire"
+    return None
+
+
 def make_baseline(rs: RunSet) -> tuple[dict[str, Any], list[str]]:
     """The baseline of one complete run, and warnings (e.g. a lossless method that already
     differs from AR: the gate will fail on it until fixed)."""
@@ -143,6 +164,9 @@ def make_baseline(rs: RunSet) -> tuple[dict[str, Any], list[str]]:
         "settings": {k: (cfg.get("settings") or {}).get(k) for k in SETTINGS},
         "groups": groups,
     }
+    why = degenerate(groups)
+    if why:
+        raise AccbenchError(f"refusing to write this baseline: {why}")
     return base, warnings
 
 
@@ -220,6 +244,10 @@ def _settings_diff(base: dict[str, Any], cfg: dict[str, Any], rs: RunSet) -> lis
 def check(rs: RunSet, base: dict[str, Any], *, max_slowdown: float = 0.05, quality_tolerance: float = 0.5,
           tau_tolerance: float = 0.0, level: float = 0.95) -> CheckResult:
     cfg = _single_run(rs)
+    why = degenerate(base.get("groups") or [])
+    if why:
+        raise AccbenchError(f"the baseline checks nothing real: {why}; re-record it with the suites' own "
+                            "prompt formats and a budget that gives real outputs (accbench check --write-baseline)")
     diff = _settings_diff(base, cfg, rs)
     if diff:
         raise AccbenchError("the run was made with other settings than the baseline (" + "; ".join(diff) +
@@ -298,13 +326,22 @@ def check(rs: RunSet, base: dict[str, Any], *, max_slowdown: float = 0.05, quali
                 add(f"quality {metric}", f"{bv:.4g}", "missing", f">= {bv - tol:.4g}", False,
                     "the run has no scores for this metric")
                 continue
+            diffs = [scale * (r["quality"][metric] - g["samples"][s]["quality"][metric]) for s, r in zip(ids, rows)
+                     if finite((r.get("quality") or {}).get(metric))
+                     and finite((g["samples"][s]["quality"] or {}).get(metric))]
+            iv = bootstrap_mean(diffs, level=level)
+            drop = -iv.value if finite(iv.value) else scale * (bv - nv)
+            # a loss: the drop exceeds the tolerance and its paired interval excludes no change
+            # (below stats.MIN_N samples there is no interval: greedy outputs are deterministic,
+            # so the drop alone decides)
+            ok = not (drop > quality_tolerance + eps and (iv.hi < 0 if iv.has_interval else True))
             worse = [s for s, r in zip(ids, rows)
                      if finite((r.get("quality") or {}).get(metric))
                      and (g["samples"][s]["quality"] or {}).get(metric) is not None
                      and r["quality"][metric] < g["samples"][s]["quality"][metric] - eps]
-            ok = nv >= bv - tol - eps
-            add(f"quality {metric}", f"{bv:.4g}", f"{nv:.4g}", f">= {bv - tol:.4g}", ok,
-                ("lower on samples " + ", ".join(worse[:5])) if worse and not ok else "")
+            detail = f"change {iv.fmt(2, ' pp', signed=True)} paired over {iv.n} samples"
+            add(f"quality {metric}", f"{bv:.4g}", f"{nv:.4g}", f"drop <= {quality_tolerance:g} pp or CI spans 0", ok,
+                detail + ((" ; lower on samples " + ", ".join(worse[:5])) if worse and not ok else ""))
             if nv > bv + tol:
                 res.notes.append(f"{metric} of {method} on {suite} rose {bv:.4g} -> {nv:.4g}")
 

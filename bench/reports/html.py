@@ -4,7 +4,8 @@ The HTML has no external resource of any kind: images are base64 data URIs, styl
 few lines of table-sorting script are inline, and a Content-Security-Policy forbids every
 fetch, so the page renders offline and cannot phone home. A small script reports, in the
 element ``#report-status``, how many images loaded and how many script errors occurred
-(read by the headless-browser test).
+(read by the headless-browser test) and how many tables are wider than their column (a
+table that would scroll sideways); the element is hidden.
 """
 
 from __future__ import annotations
@@ -92,19 +93,20 @@ def render_md(title: str, intro: list[str], sections: list[Section], out_dir: Pa
 # ---------------------------------------------------------------------------------------
 
 _CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1200px;
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1360px;
 padding:16px 24px;color:#1f2328;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:4px}h2{border-bottom:1px solid #d0d7de;padding-bottom:4px;margin-top:32px}
 table{border-collapse:collapse;margin:8px 0 4px;font-size:13px}
-th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right;white-space:nowrap}
+th,td{border:1px solid #d0d7de;padding:3px 6px;text-align:right;white-space:nowrap}
 th:first-child,td:first-child{text-align:left}
 th{background:#f6f8fa;cursor:pointer;user-select:none}th.asc::after{content:" \\25B2"}th.desc::after{content:" \\25BC"}
 tr:nth-child(even) td{background:#fbfbfc}
 .tt{font-weight:600;margin-top:18px}.note{color:#57606a;font-size:12px;margin:2px 0 12px}
 figure{margin:18px 0}figure img{max-width:100%;border:1px solid #d0d7de}
 figcaption{color:#57606a;font-size:13px}
-#report-status{color:#8c959f;font-size:11px;margin-top:40px}
+#report-status{display:none}
 .wide{overflow-x:auto}
+th{white-space:normal;min-width:3em}
 """
 
 # Runs first, so that errors anywhere later are counted.
@@ -137,7 +139,11 @@ function reportStatus(){
   var s=document.getElementById('report-status');
   s.setAttribute('data-images',imgs.length);s.setAttribute('data-loaded',ok);
   s.setAttribute('data-errors',window.__errors);
-  s.textContent='images loaded: '+ok+'/'+imgs.length+' · script errors: '+window.__errors;
+  var over=[];
+  document.querySelectorAll('div.wide').forEach(function(d,i){
+    if(d.scrollWidth>d.clientWidth+1)over.push(i+':'+d.scrollWidth+'>'+d.clientWidth);});
+  s.setAttribute('data-overflow',over.length);s.setAttribute('data-overflow-detail',over.join(' '));
+  s.setAttribute('data-width',document.body.clientWidth);
 }
 window.addEventListener('load',reportStatus);
 """
@@ -152,7 +158,8 @@ def _data_uri(path: Path) -> str:
 
 def _html_table(t: TableSpec) -> str:
     e = html.escape
-    out = [f'<div class="tt">{e(t.title)}</div><div class="wide"><table class="sortable"><thead><tr>']
+    head = f'<div class="tt">{e(t.title)}</div>' if t.title else ""
+    out = [head + '<div class="wide"><table class="sortable"><thead><tr>']
     out += [f"<th>{e(c)}</th>" for c in t.columns]
     out.append("</tr></thead><tbody>")
     for r in t.rows:
@@ -183,7 +190,7 @@ def render_html(title: str, intro: list[str], sections: list[Section]) -> str:
         for f in sec.figures:
             parts.append(f'<figure id="fig-{e(f.name)}"><img decoding="sync" loading="eager" alt="{e(f.title)}" src="{_data_uri(f.path)}">'
                          f"<figcaption><b>{e(f.title)}.</b> {e(f.text)}</figcaption></figure>")
-    parts.append('<div id="report-status" data-images="" data-loaded="" data-errors="">status pending</div>')
+    parts.append('<div id="report-status" data-images="" data-loaded="" data-errors="" hidden></div>')
     parts.append(f"<script>{_BODY_JS}</script></body></html>")
     return "\n".join(parts)
 

@@ -23,8 +23,6 @@ from accbench.reports.runsets import (  # noqa: E402
     RunSet,
     caption,
     finite,
-    primary_quality,
-    quality_scale,
 )
 
 DPI = 110
@@ -39,6 +37,39 @@ def _method_order(methods) -> list[str]:
 
 def _colors(keys) -> dict[str, str]:
     return {k: _COLORS[i % len(_COLORS)] for i, k in enumerate(keys)}
+
+
+#: AR, the reference, is drawn in dark grey in every figure
+AR_COLOR = "#4d4d4d"
+_METHOD_PALETTE = [c for c in plt.get_cmap("tab10").colors if c != (0.4980392156862745,) * 3] + \
+    list(plt.get_cmap("Dark2").colors)
+
+
+def method_color(method: str) -> str:
+    """One colour per method in every figure of every report: AR grey, the built-in methods by
+    their place in the registry, plugin methods after them by name."""
+    if method == BASELINE:
+        return AR_COLOR
+    from accbench import methods as registry
+
+    names = [m for m in sorted(registry.available()) if m != BASELINE]
+    idx = names.index(method) if method in names else len(names) + sum(map(ord, method))
+    return matplotlib.colors.to_hex(_METHOD_PALETTE[idx % len(_METHOD_PALETTE)])
+
+
+def method_colors(methods) -> dict[str, str]:
+    return {m: method_color(m) for m in methods}
+
+
+def _legend(ax, **kw) -> None:
+    """A legend beside the axes, never over the data."""
+    kw.setdefault("fontsize", 7.5)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False, **kw)
+
+
+def _overall(frame):
+    """The summary's overall lines (per-category lines are for tables)."""
+    return frame[frame["category"] == "all"] if "category" in frame.columns else frame
 
 
 def _finish(fig, path: Path, title: str, rows: list[dict[str, Any]], note: str | None = None) -> Path:
@@ -75,13 +106,13 @@ def _short(s: str, n: int = 34) -> str:
 def plot_speedup(rs: RunSet, out: Path) -> Path | None:
     """Median per-prompt speedup vs AR with its 95% bootstrap interval, per method and suite,
     one panel per model x device."""
-    f = rs.frame
+    f = _overall(rs.frame)
     f = f[f["method"] != BASELINE]
     if f.empty or not f["speedup"].notna().any():
         return None
     panels = list(dict.fromkeys(zip(f["model"], f["device"])))
     methods = _method_order(f["method"])
-    colors = _colors(methods)
+    colors = method_colors(methods)
     fig, axes = _panels(len(panels))
     for ax, (model, device) in zip(axes, panels):
         sub = f[(f["model"] == model) & (f["device"] == device)]
@@ -96,8 +127,9 @@ def plot_speedup(rs: RunSet, out: Path) -> Path | None:
                 v = float(line["speedup"].iloc[0])
                 xs.append(i - 0.4 + width * (j + 0.5))
                 ys.append(v)
-                lo.append(v - float(line["speedup_lo"].iloc[0]))
-                hi.append(float(line["speedup_hi"].iloc[0]) - v)
+                b_lo, b_hi = float(line["speedup_lo"].iloc[0]), float(line["speedup_hi"].iloc[0])
+                lo.append(v - b_lo if finite(b_lo) else 0.0)  # no interval below stats.MIN_N
+                hi.append(b_hi - v if finite(b_hi) else 0.0)
             if not xs:
                 continue
             ax.bar(xs, ys, width * 0.92, color=colors[m], label=m, yerr=[lo, hi], capsize=4,
@@ -110,77 +142,72 @@ def plot_speedup(rs: RunSet, out: Path) -> Path | None:
         ax.set_ylabel("speedup vs AR (×, median, 95% CI)")
         dtype = ", ".join(sorted({str(d) for d in sub["dtype"]}))
         ax.set_title(f"{model} · {_short(device)} · {dtype}", fontsize=9.5)
-        top = max(1.2, float(np.nanmax(sub["speedup_hi"].astype(float))) * 1.18)
+        tops = np.concatenate([sub["speedup_hi"].astype(float).to_numpy(), sub["speedup"].astype(float).to_numpy()])
+        top = max(1.2, float(np.nanmax(tops)) * 1.18)
         ax.set_ylim(0, top)
-        ax.legend(fontsize=8, loc="upper left")
+        _legend(ax)
         ax.grid(axis="y", alpha=0.3)
     return _finish(fig, out / "speedup.png", "Speedup over autoregressive decoding", rs.rows,
                    "bars: median over prompts of AR time / method time (same run, paired by prompt); "
-                   "whiskers: 95% percentile bootstrap interval")
+                   "whiskers: 95% BCa bootstrap interval (none below n=5)")
 
 
 def plot_speed_quality(rs: RunSet, out: Path) -> Path | None:
-    """Speedup (x) against the quality change vs AR (y, percentage points), one point per
-    method x suite: the trade-off at a glance."""
-    f = rs.frame
+    """Speedup (x) against the paired quality change vs AR (y, with its 95% interval), one
+    panel per model x device x quality metric; colour = method, marker = suite."""
+    f = _overall(rs.frame)
     if f.empty:
         return None
-    panels = list(dict.fromkeys(zip(f["model"], f["device"])))
+    metrics = sorted({c[2:] for c in f.columns if c.startswith("d_") and not c.endswith(("_lo", "_hi"))})
     points = []
-    for (model, device) in panels:
-        for suite in dict.fromkeys(f[(f["model"] == model) & (f["device"] == device)]["suite"]):
-            srows = rs.select(model=model, device=device, suite=suite)
-            metric = primary_quality(srows)
-            if metric is None:
+    for _, line in f[f["method"] != BASELINE].iterrows():
+        for metric in metrics:
+            d = line.get(f"d_{metric}")
+            if not (finite(d) and finite(line["speedup"])):
                 continue
-            col = f"d_{metric}"
-            for _, line in f[(f["model"] == model) & (f["device"] == device) & (f["suite"] == suite)].iterrows():
-                if line["method"] == BASELINE or col not in f.columns or not finite(line[col]):
-                    continue
-                if not finite(line["speedup"]):
-                    continue
-                points.append((model, device, suite, line["method"], metric, float(line["speedup"]),
-                               float(line["speedup_lo"]), float(line["speedup_hi"]),
-                               float(line[col]) * quality_scale(metric)))
+            sc = 1.0  # the summary's deltas are in points already
+            lo, hi = line.get(f"d_{metric}_lo"), line.get(f"d_{metric}_hi")
+            points.append({"panel": (line["model"], line["device"], metric), "suite": line["suite"],
+                           "method": line["method"], "x": float(line["speedup"]),
+                           "x_lo": float(line["speedup_lo"]) if finite(line["speedup_lo"]) else None,
+                           "x_hi": float(line["speedup_hi"]) if finite(line["speedup_hi"]) else None,
+                           "y": float(d) * sc, "y_lo": float(lo) * sc if finite(lo) else None,
+                           "y_hi": float(hi) * sc if finite(hi) else None})
     if not points:
         return None
-    methods = _method_order(p[3] for p in points)
-    suites = list(dict.fromkeys(p[2] for p in points))
-    colors = _colors(suites)
-    markers = {m: _MARKERS[i % len(_MARKERS)] for i, m in enumerate(methods)}
-    fig, axes = _panels(len(panels), width=5.6, height=4.2)
-    for ax, (model, device) in zip(axes, panels):
-        pts = [p for p in points if p[0] == model and p[1] == device]
+    panels = list(dict.fromkeys(p["panel"] for p in points))
+    methods = _method_order(p["method"] for p in points)
+    suites = list(dict.fromkeys(p["suite"] for p in points))
+    colors, markers = method_colors(methods), {s: _MARKERS[i % len(_MARKERS)] for i, s in enumerate(suites)}
+    fig, axes = _panels(len(panels), width=6.4, height=4.0, max_cols=2)
+    for ax, (model, device, metric) in zip(axes, panels):
+        pts = [p for p in points if p["panel"] == (model, device, metric)]
         ax.axvline(1.0, color="#888888", lw=0.8, ls="--")
         ax.axhline(0.0, color="#888888", lw=0.8, ls="--")
-        ax.plot([1.0], [0.0], marker="*", ms=13, color="#333333", ls="none", label="AR (reference)")
-        for (_, _, suite, method, metric, x, lo, hi, y) in pts:
-            ax.errorbar([x], [y], xerr=[[x - lo], [hi - x]], fmt=markers[method], ms=8, color=colors[suite],
-                        capsize=3, elinewidth=1)
-            ax.annotate(f"{method} · {suite} ({metric})", (x, y), textcoords="offset points", xytext=(6, 6),
-                        fontsize=7.5)
-        xs = [p[5] for p in pts] + [p[7] for p in pts] + [1.0]
-        ys = [p[8] for p in pts] + [0.0]
-        xpad = max(0.15, (max(xs) - min(xs)) * 0.25)
-        ypad = max(2.0, (max(ys) - min(ys)) * 0.3)
-        ax.set_xlim(min(min(xs), min(p[6] for p in pts)) - xpad, max(xs) + xpad)
+        ax.plot([1.0], [0.0], marker="*", ms=12, color=AR_COLOR, ls="none")
+        for p in pts:
+            xerr = [[p["x"] - p["x_lo"]], [p["x_hi"] - p["x"]]] if p["x_lo"] is not None else None
+            yerr = [[p["y"] - p["y_lo"]], [p["y_hi"] - p["y"]]] if p["y_lo"] is not None else None
+            ax.errorbar([p["x"]], [p["y"]], xerr=xerr, yerr=yerr, fmt=markers[p["suite"]], ms=7,
+                        color=colors[p["method"]], capsize=3, elinewidth=1)
+        xs = [1.0] + [v for p in pts for v in (p["x"], p["x_lo"], p["x_hi"]) if v is not None]
+        ys = [0.0] + [v for p in pts for v in (p["y"], p["y_lo"], p["y_hi"]) if v is not None]
+        xpad, ypad = max(0.05, (max(xs) - min(xs)) * 0.12), max(0.5, (max(ys) - min(ys)) * 0.12)
+        ax.set_xlim(min(xs) - xpad, max(xs) + xpad)
         ax.set_ylim(min(ys) - ypad, max(ys) + ypad)
         ax.set_xlabel("speedup vs AR (×, median, 95% CI)")
-        ax.set_ylabel("quality change vs AR (percentage points)")
-        dtype = ", ".join(sorted({str(r.get("dtype")) for r in rs.select(model=model, device=device)}))
-        ax.set_title(f"{model} · {_short(device)} · {dtype}", fontsize=9.5)
+        unit = "points of pass@1" if metric.startswith("pass@") else "ROUGE points" if "rouge" in metric else "points"
+        ax.set_ylabel(f"{metric} change vs AR ({unit})")
+        ax.set_title(f"{metric} · {model} · {_short(device, 26)}", fontsize=9.5)
         ax.grid(alpha=0.3)
-        # legend: colour = suite, marker = method
-        handles = [plt.Line2D([], [], color=colors[s], marker="o", ls="none", label=f"suite: {s}") for s in suites]
-        handles += [plt.Line2D([], [], color="#555555", marker=markers[m], ls="none", label=f"method: {m}")
-                    for m in methods]
-        handles.append(plt.Line2D([], [], color="#333333", marker="*", ms=10, ls="none", label="AR"))
-        ax.legend(handles=handles, fontsize=7.5, loc="best")
-        ax.text(0.99, 0.01, "right = faster · up = better quality", transform=ax.transAxes, ha="right",
-                va="bottom", fontsize=7.5, color="#555555")
-    return _finish(fig, out / "speed_quality.png", "Speed vs quality (each method x suite against AR)", rs.rows,
-                   "quality: pass@1 for MBPP, ROUGE-L for summarization, as the mean change over the same prompts "
-                   "(percentage points)")
+        handles = [plt.Line2D([], [], color=colors[m], marker="o", ls="none", label=m) for m in methods]
+        handles += [plt.Line2D([], [], color="#555555", marker=markers[s], ls="none", label=f"suite: {s}")
+                    for s in suites]
+        handles.append(plt.Line2D([], [], color=AR_COLOR, marker="*", ms=9, ls="none", label="AR (reference)"))
+        _legend(ax, handles=handles)
+    return _finish(fig, out / "speed_quality.png", "Speed vs quality (each method against AR)", rs.rows,
+                   "y: mean per-sample change against AR on the same samples, with its 95% BCa interval "
+                   "(none below n=5); right = faster, up = better quality")
 
 
 def plot_ttft(rs: RunSet, out: Path) -> Path | None:
@@ -190,7 +217,7 @@ def plot_ttft(rs: RunSet, out: Path) -> Path | None:
         return None
     panels = list(dict.fromkeys((r["model"], r["device"]) for r in rows))
     methods = _method_order(r["method"] for r in rows)
-    colors = _colors(methods)
+    colors = method_colors(methods)
     suites = list(dict.fromkeys(r["suite"] for r in rows))
     markers = {s: _MARKERS[i % len(_MARKERS)] for i, s in enumerate(suites)}
     fig, axes = _panels(len(panels))
@@ -222,7 +249,7 @@ def plot_ttft(rs: RunSet, out: Path) -> Path | None:
                    for m in methods]
         handles += [plt.Line2D([], [], color="#555555", marker=markers[s], ls="none", label=f"suite: {s}")
                     for s in suites]
-        ax.legend(handles=handles, fontsize=7.5, loc="upper left")
+        _legend(ax, handles=handles)
     return _finish(fig, out / "ttft.png", "Time to first token vs prompt length", rows,
                    "one point per prompt and method (prefill + first token; tokenization excluded)")
 
@@ -234,7 +261,7 @@ def plot_tau(rs: RunSet, out: Path) -> Path | None:
         return None
     panels = list(dict.fromkeys((r["model"], r["method"]) for r in rows))
     suites = list(dict.fromkeys(r["suite"] for r in rows))
-    colors = _colors(suites)
+    hatches = {s: ["", "//", "..", "xx", "\\\\", "++"][i % 6] for i, s in enumerate(suites)}
     fig, axes = _panels(len(panels))
     for ax, (model, method) in zip(axes, panels):
         sub = [r for r in rows if r["model"] == model and r["method"] == method]
@@ -247,16 +274,16 @@ def plot_tau(rs: RunSet, out: Path) -> Path | None:
                 continue
             counts = np.array([steps.count(int(b)) for b in bins], dtype=float) / len(steps)
             tau = float(np.mean(steps))
-            ax.bar(bins - 0.4 + width * (j + 0.5), counts, width * 0.92, color=colors[s],
-                   label=f"{s}: tau={tau:.2f} ({len(steps)} steps)")
+            ax.bar(bins - 0.4 + width * (j + 0.5), counts, width * 0.92, color=method_color(method),
+                   hatch=hatches[s], edgecolor="white", label=f"{s}: tau={tau:.2f} ({len(steps)} steps)")
         ax.set_xticks(bins)
         ax.set_xlabel("tokens committed in one decode step")
         ax.set_ylabel("fraction of steps")
         ax.set_ylim(0, 1.05)
         ax.set_title(f"{method} · {model}", fontsize=9.5)
-        ax.legend(fontsize=8)
+        _legend(ax)
         ax.grid(axis="y", alpha=0.3)
-    return _finish(fig, out / "tau.png", "Tokens per step (tau) distribution", rows,
+    return _finish(fig, out / "tau.png", "Tokens per step: mean accepted tokens (tau) and its distribution", rows,
                    "decode steps only (the prefill step is excluded); AR commits exactly 1 token per step")
 
 
@@ -267,7 +294,7 @@ def plot_acceptance(rs: RunSet, out: Path) -> Path | None:
         return None
     panels = list(dict.fromkeys((r["model"], r["method"]) for r in rows))
     suites = list(dict.fromkeys(r["suite"] for r in rows))
-    colors = _colors(suites)
+    markers = {s: _MARKERS[i % len(_MARKERS)] for i, s in enumerate(suites)}
     fig, axes = _panels(len(panels))
     for ax, (model, method) in zip(axes, panels):
         kmax = 0
@@ -276,15 +303,20 @@ def plot_acceptance(rs: RunSet, out: Path) -> Path | None:
             if not sub:
                 continue
             k = max(len(r["drafted"]) for r in sub)
-            drafted = np.zeros(k)
-            accepted = np.zeros(k)
+            drafted, accepted, reached = np.zeros(k), np.zeros(k), np.zeros(k)
             for r in sub:
-                drafted[: len(r["drafted"])] += r["drafted"]
-                accepted[: len(r.get("accepted") or [])] += r.get("accepted") or []
-            ok = drafted > 0
+                d, a = r["drafted"], r.get("accepted") or []
+                reach = r.get("reached") or ([d[0]] + list(a[:-1]) if d else [])
+                drafted[: len(d)] += d
+                accepted[: len(a)] += a
+                reached[: len(reach)] += reach
+            ok, okc = drafted > 0, reached > 0
             pos = np.arange(1, k + 1)
-            ax.plot(pos[ok], accepted[ok] / drafted[ok], marker="o", color=colors[s],
-                    label=f"{s} ({int(drafted[0])} drafts at position 1)")
+            color = method_color(method)
+            ax.plot(pos[ok], accepted[ok] / drafted[ok], marker=markers[s], color=color,
+                    label=f"{s}: accepted_k / drafted_k ({int(drafted[0])} drafts at k=1)")
+            ax.plot(pos[okc], accepted[okc] / reached[okc], marker=markers[s], color=color, ls="--", alpha=0.7,
+                    mfc="white", label=f"{s}: given drafts 1..k-1 accepted")
             kmax = max(kmax, k)
         ax.set_xlabel("draft position k")
         ax.set_ylabel("acceptance  accepted_k / drafted_k")
@@ -292,20 +324,21 @@ def plot_acceptance(rs: RunSet, out: Path) -> Path | None:
         if kmax:
             ax.set_xticks(range(1, kmax + 1))
         ax.set_title(f"{method} · {model}", fontsize=9.5)
-        ax.legend(fontsize=8)
+        _legend(ax)
         ax.grid(alpha=0.3)
     return _finish(fig, out / "acceptance.png", "Acceptance per draft position", rows,
-                   "a draft token at position k is accepted when it and every earlier draft token match the target")
+                   "a draft token at position k is accepted when it and every earlier draft token match the target; "
+                   "solid: unconditional (vLLM's accepted_k / drafted_k), dashed: conditional on reaching k")
 
 
 def plot_throughput(rs: RunSet, out: Path) -> Path | None:
     """Tokens/s per method across models and devices (x), one panel per suite."""
-    f = rs.frame
+    f = _overall(rs.frame)
     if f.empty:
         return None
     suites = list(dict.fromkeys(f["suite"]))
     methods = _method_order(f["method"])
-    colors = _colors(methods)
+    colors = method_colors(methods)
     fig, axes = _panels(len(suites), width=max(4.5, 1.6 * len(set(zip(f["model"], f["device"])))))
     for ax, s in zip(axes, suites):
         sub = f[f["suite"] == s]
@@ -333,7 +366,7 @@ def plot_throughput(rs: RunSet, out: Path) -> Path | None:
         ax.set_ylabel("tokens/s (new tokens / E2E time)")
         ax.set_ylim(0, ymax * 1.2 if ymax > 0 else 1)
         ax.set_title(f"suite: {s}", fontsize=9.5)
-        ax.legend(fontsize=8)
+        _legend(ax)
         ax.grid(axis="y", alpha=0.3)
     return _finish(fig, out / "throughput.png", "Throughput across models and devices", rs.rows,
                    "absolute tokens/s depends on the machine's load; compare methods within one bar group")
@@ -360,7 +393,7 @@ def plot_cost_curves(curves: list[dict[str, Any]], out: Path) -> Path | None:
     plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
     ax.yaxis.set_major_formatter(plain)
-    ax.legend(fontsize=7.5)
+    _legend(ax)
     ax.grid(alpha=0.3, which="both")
     rows = [{"model": c["model"], "device": c["device_label"], "dtype": c["dtype"], "suite": "cost-curve",
              "sample_id": str(k), "time": c.get("date", "")} for c in curves for k in c["relative"]]
@@ -392,7 +425,7 @@ def plot_projection(pred: list[dict[str, Any]], out: Path) -> Path | None:
     ax.set_ylim(lim_lo, lim_hi)
     ax.set_xlabel("predicted decode speedup (tau + cost curve)")
     ax.set_ylabel("measured decode speedup (AR TPOT / method TPOT)")
-    ax.legend(fontsize=7.5, loc="upper left")
+    _legend(ax)
     ax.grid(alpha=0.3)
     rows = [{"model": p["model"], "device": p["target_device"], "dtype": p.get("dtype"), "suite": p["suite"],
              "sample_id": str(i), "time": p.get("date", "")} for p in pts for i in range(int(p["n"]))]

@@ -30,11 +30,11 @@ from accbench.reports.runsets import (
     RunSet,
     ar_index,
     ar_of,
-    bootstrap_stat,
     device_label,
     finite,
     sample_decode_speedup,
 )
+from accbench.reports.stats import bootstrap_stat
 
 DEFAULT_KS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64)
 FORMAT = "accbench-cost-curve/1"
@@ -187,8 +187,10 @@ def project(rs: RunSet, curves: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One line per (model, suite, method, curve): predicted decode speedup on the curve's
     device; measured and error where the runs hold that device."""
     out = []
+    # speculative methods only: a method that never drafts (LazyLLM) has no verification blocks to cost
     groups = sorted({(r["model"], r["suite"], r.get("prompt_length") or 0, r["method"]) for r in rs.rows
-                     if r["method"] != BASELINE}, key=lambda t: tuple(str(x) for x in t))
+                     if r["method"] != BASELINE and (r.get("drafted") or (r.get("extra") or {}).get("blocks"))},
+                    key=lambda t: tuple(str(x) for x in t))
     idx = ar_index(rs.rows)
     for curve in curves:
         target = curve["device_label"]

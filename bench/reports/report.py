@@ -47,52 +47,147 @@ def _f(x: Any, fmt: str = "{:.2f}") -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def _summary_sections(rs: RunSet):
+TAU = "mean accepted tokens (tau)"
+
+
+def _iv(v, lo, hi, n, suffix="x", digits=2, signed=False) -> str:
+    from accbench.reports.stats import MIN_N
+
+    if not finite(v):
+        return "-"
+    f = f"{{:{'+' if signed else ''}.{digits}f}}"
+    if not (finite(lo) and finite(hi)):
+        return f.format(v) + suffix + (f" (n too small: {int(n)})" if finite(n) and n < MIN_N else "")
+    return f"{f.format(v)}{suffix} [{f.format(lo)}, {f.format(hi)}]"
+
+
+def _shape(r) -> str:
+    kind = r.get("draft_kind")
+    if not isinstance(kind, str):
+        return "-"
+    nodes, depth = r.get("draft_nodes"), r.get("draft_depth")
+    if kind == "chain":
+        return f"chain, {int(depth)} deep" if finite(depth) else "chain"
+    return f"{kind}, {int(nodes)} nodes, {int(depth)} deep" if finite(nodes) and finite(depth) else kind
+
+
+def _speed_table(title, grp, by_cat, pairing_note):
     from accbench.reports.html import Cell, TableSpec, cell
 
+    pruning = "computed_frac" in grp.columns and grp["computed_frac"].notna().any()
+    kmax = max((len(str(a).split(";")) for a in grp["acceptance"] if isinstance(a, str) and a), default=0)
+    kshow = min(kmax, 3)
+    draft_time = "draft_share" in grp.columns and grp["draft_share"].notna().any()
+    cols = (["category"] if by_cat else []) + ["method", "n", "tok/s", "speedup vs AR [95% CI]"]
+    cols += ["TTFT speedup [95% CI]", "prompt computed"] if pruning else []
+    cols += [TAU, "tokens/forward"] + (["draft shape"] if kmax else [])
+    cols += [f"accept@{k + 1}" for k in range(kshow)] + [f"accept@{k + 1} | prev" for k in range(1, kshow)]
+    cols += (["draft time %"] if draft_time else []) + ["match AR"]
+    rows = []
+    for _, r in grp.iterrows():
+        n_pairs = r.get("n_pairs", r["n"])
+        if r["method"] == BASELINE:
+            sp = Cell("1 (baseline)", 1.0)
+        else:
+            sp = Cell(_iv(r["speedup"], r["speedup_lo"], r["speedup_hi"], n_pairs),
+                      float(r["speedup"]) if finite(r["speedup"]) else None)
+        line = ([cell(str(r["category"]))] if by_cat else []) + [
+            cell(str(r["method"])), cell(int(r["n"]), "{}"), cell(r["tokens_per_s"], "{:.3g}"), sp]
+        if pruning:
+            line += [Cell(_iv(r["ttft_speedup"], r["ttft_speedup_lo"], r["ttft_speedup_hi"], n_pairs),
+                          float(r["ttft_speedup"]) if finite(r["ttft_speedup"]) else None),
+                     cell(r["computed_frac"] * 100 if finite(r.get("computed_frac")) else None, "{:.0f}%")]
+        line += [cell(r["tau"], "{:.3f}"), cell(r["tokens_per_forward"], "{:.3f}")]
+        if kmax:
+            line.append(cell(_shape(r)))
+        for key, ks in (("acceptance", range(kshow)), ("acceptance_cond", range(1, kshow))):
+            acc = str(r.get(key)).split(";") if isinstance(r.get(key), str) and r.get(key) else []
+            for k in ks:
+                v = float(acc[k]) if k < len(acc) and acc[k] not in ("", "nan") else float("nan")
+                line.append(cell(v, "{:.2f}"))
+        if draft_time:
+            share = r.get("draft_share")
+            line.append(cell(share * 100 if finite(share) else None, "{:.1f}"))
+        em = r["exact_match_ar"]
+        line.append(cell(em * 100 if finite(em) else None, "{:.0f}%"))
+        rows.append(line)
+    note = (f"{TAU}: tokens committed per decode forward (AR = 1). accept@k: accepted_k / drafted_k "
+            "(unconditional, as vLLM); accept@k | prev: given drafts 1..k-1 were accepted. Intervals: 95% BCa "
+            "bootstrap over samples paired with AR; none below 5 pairs." + pairing_note)
+    return TableSpec(title, cols, rows, note)
+
+
+def _latency_table(title, grp, by_cat):
+    from accbench.reports.html import TableSpec, cell
+
+    cols = (["category"] if by_cat else []) + ["method"]
+    cols += [f"{m} p{q} ms" for m in ("TTFT", "TPOT", "ITL") for q in (50, 90, 99)]
+    rows = []
+    for _, r in grp.iterrows():
+        line = ([cell(str(r["category"]))] if by_cat else []) + [cell(str(r["method"]))]
+        for m in ("ttft", "tpot", "itl"):
+            for q in (50, 90, 99):
+                v = r.get(f"{m}_p{q}")
+                line.append(cell(v * 1000 if finite(v) else None, "{:.0f}" if m == "ttft" else "{:.1f}"))
+        rows.append(line)
+    return TableSpec(title + " · latency", cols, rows,
+                     "ITL: gaps between committed chunks (vLLM's inter-token latency); under speculation one chunk "
+                     "bundles every token a step accepted, so ITL p50 can exceed TPOT.")
+
+
+def _quality_table(title, grp, by_cat, qs):
+    from accbench.reports.html import Cell, TableSpec, cell
+
+    pairs = "pass_both" in grp.columns and grp["pass_both"].notna().any()
+    cols = (["category"] if by_cat else []) + ["method", "n"]
+    cols += [f"{c[2:]} (Δ vs AR [95% CI])" for c in qs]
+    cols += (["pass@1 both / only AR / only method / neither", "McNemar p"] if pairs else []) + ["quality vs AR"]
+    rows = []
+    for _, r in grp.iterrows():
+        line = ([cell(str(r["category"]))] if by_cat else []) + [cell(str(r["method"])), cell(int(r["n"]), "{}")]
+        for c in qs:
+            m, v = c[2:], r[c]
+            scale = 100.0 if m.startswith("pass@") else 1.0
+            text = f"{v * scale:.1f}" if finite(v) else "-"
+            d = r.get(f"d_{m}")
+            if r["method"] != BASELINE and finite(d):
+                text += " (" + _iv(d, r.get(f"d_{m}_lo"), r.get(f"d_{m}_hi"), r.get("quality_n"), "", 1, True) + ")"
+            line.append(Cell(text, float(v) if finite(v) else None))
+        if pairs:
+            if finite(r.get("pass_both")):
+                line += [cell(" / ".join(str(int(r[k])) for k in ("pass_both", "pass_only_ar", "pass_only_method",
+                                                                   "pass_neither"))),
+                         cell(r.get("mcnemar_p"), "{:.3f}")]
+            else:
+                line += [cell(None), cell(None)]
+        v = r.get("quality_verdict")
+        line.append(cell(v if isinstance(v, str) else ("reference" if r["method"] == BASELINE else None)))
+        rows.append(line)
+    return TableSpec(title + " · quality", cols, rows,
+                     "Δ: mean per-sample difference method - AR on the same samples (pass@1 in points), 95% BCa "
+                     "interval; pass@1 also as the paired 2x2 table with the exact McNemar test. Verdict: loss / gain "
+                     "when the interval excludes 0 (and McNemar p < 0.05 for pass@1), too few samples below 5 pairs.")
+
+
+def _summary_sections(rs: RunSet):
     f = rs.frame
+    if "category" not in f.columns:
+        f = f.assign(category="all")
     tables = []
     qcols = [c for c in f.columns if c.startswith("q_")]
+    notes = rs.pairing_notes() if hasattr(rs, "pairing_notes") else {}
     for key, grp in f.groupby(["model", "device", "dtype", "suite", "prompt_length"], dropna=False, sort=False):
         model, device, dtype, suite, plen = key
         title = f"{suite} · {model} · {device} · {dtype}"
         if finite(plen):
             title += f" · prompt {int(plen)} tokens"
+        by_cat = grp["category"].nunique() > 1
+        note = notes.get((model, device, suite), "")
+        tables.append(_speed_table(title, grp, by_cat, (" " + note) if note else ""))
         qs = [c for c in qcols if grp[c].notna().any()]
-        kmax = max((len(str(a).split(";")) for a in grp["acceptance"] if a), default=0)
-        kshow = min(kmax, 3)
-        cols = ["method", "n", "tok/s", "speedup vs AR [95% CI]", "TTFT ms", "TPOT ms", "tau", "tokens/forward"]
-        cols += [f"accept@{k + 1}" for k in range(kshow)]
-        draft_time = "draft_share" in grp.columns and grp["draft_share"].notna().any()
-        cols += ["draft time %"] if draft_time else []
-        cols += [f"{c[2:]} (Δ vs AR)" for c in qs] + ["match AR"]
-        rows = []
-        for _, r in grp.iterrows():
-            sp = (Cell(f"{r['speedup']:.2f}x [{r['speedup_lo']:.2f}, {r['speedup_hi']:.2f}]", float(r["speedup"]))
-                  if finite(r["speedup"]) and r["method"] != BASELINE else Cell("1 (baseline)" if r["method"] == BASELINE
-                                                                                 else "-", 1.0))
-            line = [cell(str(r["method"])), cell(int(r["n"]), "{}"), cell(r["tokens_per_s"], "{:.3g}"), sp,
-                    cell(r["ttft_s"] * 1000 if finite(r["ttft_s"]) else None, "{:.0f}"),
-                    cell(r["tpot_s"] * 1000 if finite(r["tpot_s"]) else None, "{:.1f}"),
-                    cell(r["tau"], "{:.3f}"), cell(r["tokens_per_forward"], "{:.3f}")]
-            acc = [a for a in str(r["acceptance"]).split(";")] if r["acceptance"] else []
-            for k in range(kshow):
-                v = float(acc[k]) if k < len(acc) and acc[k] not in ("", "nan") else float("nan")
-                line.append(cell(v, "{:.2f}"))
-            if draft_time:
-                share = r.get("draft_share")
-                line.append(cell(share * 100 if finite(share) else None, "{:.1f}"))
-            for c in qs:
-                v = r[c]
-                d = r.get(f"d_{c[2:]}")
-                text = _f(v, "{:.3f}" if c.startswith("q_pass") else "{:.2f}")
-                if r["method"] != BASELINE and finite(d):
-                    text += f" ({d:+.3f})" if c.startswith("q_pass") else f" ({d:+.2f})"
-                line.append(Cell(text, float(v) if finite(v) else None))
-            em = r["exact_match_ar"]
-            line.append(cell(em * 100 if finite(em) else None, "{:.0f}%"))
-            rows.append(line)
-        tables.append(TableSpec(title, cols, rows))
+        if qs:
+            tables.append(_quality_table(title, grp, by_cat, qs))
+        tables.append(_latency_table(title, grp, by_cat))
     return tables
 
 
@@ -107,7 +202,7 @@ def _runs_table(rs: RunSet):
                      cell(str(run.config.get("dtype", "?"))), cell(str(settings.get("max_new_tokens") or "suite's")),
                      cell(str(env.get("git_sha") or "?")[:10]), cell(str(run.config.get("started", "?"))),
                      cell(str(run.config.get("status", "?"))), cell(run.n_rows, "{}")])
-    return TableSpec("Runs", ["results folder", "device", "hardware", "dtype", "max new tokens", "git sha", "started",
+    return TableSpec("", ["results folder", "device", "hardware", "dtype", "max new tokens", "git sha", "started",
                               "status", "rows"], rows)
 
 
@@ -175,11 +270,15 @@ def build_report(rs: RunSet, out: Path, curves: list[dict[str, Any]] | None = No
                                 [f"Cost curves: {', '.join(c['_path'] + ' (' + c['device_label'] + ')' for c in curves)}."],
                                 tables=[_projection_table(pred)], figures=cfigs))
     sections.append(Section("Runs", tables=[_runs_table(rs)]))
-    intro = [f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(rs.runs)} results folder(s), "
-             f"{len(rs.rows)} rows. {rs.caption()}.",
-             "Speedup: per prompt AR time / method time (same number of tokens) else the ratio of tokens/s; "
-             "tau: tokens per decode step; tokens/forward: new tokens per target forward pass; "
-             "quality deltas are method minus AR on the same prompts."]
+    intro = [f"WARNING: {run.path} is an incomplete run (status {run.config.get('status')!r}): its figures cover "
+             f"only the {run.n_rows} rows it has; rerun its `accbench run` command to complete it."
+             for run in rs.runs if run.config.get("status") not in (None, "complete")]
+    intro += [f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(rs.runs)} results folder(s), "
+              f"{len(rs.rows)} rows. {rs.caption()}.",
+              "Speedup: per prompt AR time / method time (same number of tokens) else the ratio of tokens/s, "
+              "paired with AR on the same sample (same run settings and device); mean accepted tokens (tau): "
+              "tokens per decode step; tokens/forward: new tokens per target forward pass; quality deltas are "
+              "method minus AR on the same prompts."]
     rs.frame.to_csv(out / "summary.csv", index=False)
     (out / "report.md").write_text(render_md(title, intro, sections, out))
     (out / "report.html").write_text(render_html(title, intro, sections))

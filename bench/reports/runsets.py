@@ -66,6 +66,9 @@ class RunSet:
             self._frame = summarize(self.rows)
         return self._frame
 
+    def pairing_notes(self) -> dict[tuple, str]:
+        return pairing_notes(self.rows)
+
     # -- meta for captions -----------------------------------------------------------------
     def select(self, **eq: Any) -> list[dict[str, Any]]:
         return [r for r in self.rows if all(r.get(k) == v for k, v in eq.items())]
@@ -100,6 +103,7 @@ def load_runs(paths: Iterable[str | Path]) -> RunSet:
         if not run_rows:
             raise AccbenchError(f"{rd.samples_path} holds no rows")
         run = Run(path=path, config=config, n_rows=len(run_rows))
+        sig = settings_signature(config)
         for r in run_rows:
             missing = [k for k in ("model", "suite", "method", "sample_id", "n_new", "total_s", "ttft_s",
                                    "forward_passes", "tokens_per_step") if k not in r]
@@ -109,6 +113,7 @@ def load_runs(paths: Iterable[str | Path]) -> RunSet:
             r["device_type"] = r.get("device") or config.get("device") or "cpu"
             r["device"] = device_label(r["device_type"], run.hardware)
             r["run"] = str(path)
+            r["pair_settings"] = sig
             rows.append(r)
         runs.append(run)
     if not runs:
@@ -151,13 +156,52 @@ def group_key(row: dict[str, Any], with_device: bool = False) -> tuple:
     return ((row["device"],) + k) if with_device else k
 
 
+#: run settings an AR row must share with a method's row to be its pair (the device is in the key)
+PAIR_SETTINGS = ("max_new_tokens", "temperature", "top_p", "seed", "prompt_format", "dtype", "data_file")
+
+
+def settings_signature(config: dict[str, Any]) -> str:
+    s = config.get("settings") or {}
+    return json.dumps({k: s.get(k, config.get(k)) for k in PAIR_SETTINGS}, sort_keys=True, default=str)
+
+
+def pair_key(r: dict[str, Any]) -> tuple:
+    """What pairs a row with its AR row: model, device, suite, prompt length, sample and the
+    run settings (rows merged from several folders pair only under identical settings)."""
+    return (r["model"], r["device"], r["suite"], r.get("prompt_length"), r["sample_id"], r.get("pair_settings"))
+
+
 def ar_index(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
-    return {(r["model"], r["device"], r["suite"], r.get("prompt_length"), r["sample_id"]): r
-            for r in rows if r["method"] == BASELINE}
+    return {pair_key(r): r for r in rows if r["method"] == BASELINE}
 
 
 def ar_of(row: dict[str, Any], index: dict[tuple, dict[str, Any]]) -> dict[str, Any] | None:
-    return index.get((row["model"], row["device"], row["suite"], row.get("prompt_length"), row["sample_id"]))
+    return index.get(pair_key(row))
+
+
+def pairing_notes(rows: list[dict[str, Any]]) -> dict[tuple, str]:
+    """Per (model, device, suite): a sentence when a method's speedups pair with AR rows of
+    another results folder, or have no AR with the same settings and device to pair with."""
+    idx = ar_index(rows)
+    used: dict[tuple, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    for r in rows:
+        if r["method"] == BASELINE:
+            continue
+        a = idx.get(pair_key(r))
+        used[(r["model"], r["device"], r["suite"])][r["method"]].add(
+            "none" if a is None else ("same" if a.get("run") == r.get("run") else a.get("run")))
+    notes = {}
+    for key, by_method in used.items():
+        parts = []
+        for m, srcs in sorted(by_method.items()):
+            other = sorted(s for s in srcs if s not in ("same", "none"))
+            if other:
+                parts.append(f"{m}'s speedups pair with AR rows of {', '.join(other)} (same settings, same device)")
+            if "none" in srcs:
+                parts.append(f"{m} has samples without an AR row of the same settings and device: no speedup there")
+        if parts:
+            notes[key] = "; ".join(parts) + "."
+    return notes
 
 
 def sample_speedup(row: dict[str, Any], ar: dict[str, Any] | None) -> float:
@@ -190,18 +234,3 @@ def finite(x: Any) -> bool:
     return isinstance(x, (int, float, np.floating)) and math.isfinite(float(x))
 
 
-def bootstrap_stat(values, stat=np.mean, *, n_boot: int = 2000, level: float = 0.95,
-                   seed: int = 0) -> tuple[float, float, float]:
-    """(statistic, lo, hi): percentile bootstrap over the (paired) values."""
-    x = np.asarray([v for v in values if finite(v)], dtype=float)
-    if x.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    val = float(stat(x))
-    if x.size == 1:
-        return val, val, val
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(n_boot, x.size))
-    boots = stat(x[idx], axis=1)
-    a = (1.0 - level) / 2.0
-    lo, hi = np.quantile(boots, [a, 1.0 - a])
-    return val, float(lo), float(hi)
