@@ -13,11 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 
-def _console() -> Console:
-    """The terminal's console; 200 columns when output goes to a file or a CI log, so wide
-    tables and progress lines keep their cells instead of being squeezed to 80 columns."""
-    c = Console()
-    return c if c.is_terminal else Console(width=200)
+def _console(stderr: bool = False) -> Console:
+    """The terminal's console (stderr with ``--json``, so stdout carries only the JSON); 200
+    columns when output goes to a file or a CI log, so wide tables and progress lines keep
+    their cells instead of being squeezed to 80 columns."""
+    c = Console(stderr=stderr)
+    return c if c.is_terminal else Console(width=200, stderr=stderr)
 
 
 def _split(values: tuple[str, ...] | str | None) -> list[str]:
@@ -149,9 +150,12 @@ def main() -> None:
                    "so runs on different hardware can share one results folder.")
 @click.option("--device-map", default=None, metavar="auto",
               help="auto: shard a model too large for one GPU over the GPUs of the group's node (accelerate).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary as JSON on stdout (progress and tables go to stderr), for scripts.")
 def run(methods, models, suites, limit, max_new_tokens, seed, temperature, top_p, dtype, device, repeats,
         warmup, prompt_format, data_dir, data_file, options, help_options, prompt_lengths, out, overwrite,
-        train_missing, executor, address, ray_resources, ray_cpus, retries, device_label, device_map) -> None:
+        train_missing, executor, address, ray_resources, ray_cpus, retries, device_label, device_map,
+        as_json) -> None:
     """Run a sweep: methods x models x suites. Writes config.json, samples.jsonl and
     summary.csv into --out and prints a table per suite. Interrupt it at any time: rerunning
     the same command skips finished samples."""
@@ -162,7 +166,7 @@ def run(methods, models, suites, limit, max_new_tokens, seed, temperature, top_p
     from accbench.reports.summary import summarize
     from accbench.reports.tables import summary_tables
 
-    console = _console()
+    console = _console(stderr=as_json)
     if help_options:
         _print_method_options(_split(methods))
         return
@@ -191,6 +195,9 @@ def run(methods, models, suites, limit, max_new_tokens, seed, temperature, top_p
     console.print(f"[dim]rows: {results.samples_path}  summary: {results.summary_path}[/dim]")
     cfg_json = results.config()
     failed = cfg_json.get("failed_cells") or []
+    if as_json:
+        click.echo(json.dumps({"results": str(results.path), "status": cfg_json.get("status"),
+                               "failed_cells": failed, "summary": frame_records(frame)}, default=str))
     if failed:
         n = len(cfg_json.get("failed_samples") or [])
         console.print(f"[red]{n} sample(s) failed[/red] in {len(failed)} cell(s): {', '.join(failed)}; errors in "
@@ -211,13 +218,39 @@ def _print_method_options(names: list[str]) -> None:
             click.echo(line)
 
 
+def frame_records(frame) -> list[dict]:
+    """A summary frame as JSON-ready records (NaN -> null)."""
+    import math
+
+    def clean(v):
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        return v.item() if hasattr(v, "item") else v
+
+    return [{k: clean(v) for k, v in rec.items()} for rec in frame.to_dict(orient="records")]
+
+
 @main.command(name="list")
-def list_cmd() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print methods (with options), models and suites as JSON.")
+def list_cmd(as_json) -> None:
     """Methods, models and suites, with their readiness."""
     from accbench import methods as method_registry
     from accbench import suites as suite_registry
     from accbench.models import MODELS, readiness
 
+    if as_json:
+        from accbench.engine.config import options_of
+        from accbench.methods.core.options import describe
+
+        click.echo(json.dumps({
+            "methods": [{"name": n, "lossless": bool(c.lossless), "description": c.description,
+                         "options": describe(options_of(c))} for n, c in method_registry.available().items()],
+            "models": [{"name": n, "source": s.source, "status": readiness(n), "description": s.description}
+                       for n, s in MODELS.items()],
+            "suites": [{"name": n, "status": suite_registry.readiness(n), "description": c.description}
+                       for n, c in suite_registry.available().items()],
+        }, default=str))
+        return
     console = _console()
     t = Table(title="methods", title_justify="left")
     for c in ("name", "lossless", "description"):

@@ -19,7 +19,9 @@ tasks=["accbench_mbpp"], task_manager=accbench.lmeval.task_manager())``.
 
 Model arguments (``--model_args``): ``model`` (accbench model name, default smollm2-135m),
 ``method`` (default ar), ``dtype``, ``device`` (lm-eval's ``--device`` on its command line;
-a CUDA device without CUDA falls back to the CPU), ``prompt_format`` (raw|chat), ``seed``,
+a CUDA device without CUDA falls back to the CPU), ``prompt_format`` (auto|raw|chat; auto, the
+default: an accbench_<suite> task in its suite's format as `accbench run` uses it, e.g. chat for
+accbench_cnndm and raw few-shot for accbench_mbpp, and any other lm-eval task raw), ``seed``,
 ``max_gen_toks`` (default 256, lm-eval's), ``max_length`` (context for loglikelihood),
 ``stats_path`` (a JSONL file receiving one line of speed figures per generation) and any
 other ``key=value``: an option of the method (e.g. ``max_ngram=3``).
@@ -74,7 +76,7 @@ class _AccbenchLMImpl:
     """The lm-eval model (mixed into ``lm_eval.api.model.LM`` by :func:`_make_class`)."""
 
     def __init__(self, model: str = "smollm2-135m", method: str = "ar", dtype: str | None = None,
-                 device: str | None = None, prompt_format: str = "raw", seed: int = 0,
+                 device: str | None = None, prompt_format: str = "auto", seed: int = 0,
                  max_gen_toks: int = 256, max_length: int | None = None, stats_path: str | None = None,
                  batch_size: Any = None, max_batch_size: Any = None, data_dir: str | None = None,
                  trust_remote_code: Any = None, **method_options: Any) -> None:
@@ -90,6 +92,8 @@ class _AccbenchLMImpl:
             raise AccbenchError(f"unknown method {method!r}; valid: {', '.join(known)}")
         self.model_name, self.method = str(model), str(method)
         self.method_options = {k: _parse_scalar(v) for k, v in method_options.items()}
+        if prompt_format not in ("auto", "raw", "chat"):
+            raise AccbenchError(f"prompt_format must be auto, raw or chat, got {prompt_format!r}")
         self.prompt_format = prompt_format
         self.seed = int(seed)
         self.max_gen_toks = int(max_gen_toks)
@@ -121,10 +125,24 @@ class _AccbenchLMImpl:
             self._decoders[sampling] = dec
         return dec
 
-    def _encode(self, text: str) -> list[int]:
+    def format_for(self, task_name: str | None) -> str:
+        """The prompt format of a request: as given, or (auto) the accbench suite's own format
+        for ``accbench_<suite>`` tasks and raw for every other lm-eval task."""
+        if self.prompt_format != "auto":
+            return self.prompt_format
+        name = str(task_name or "")
+        if name.startswith("accbench_"):
+            from accbench import suites
+
+            cls = suites.available().get(name[len("accbench_"):])
+            if cls is not None:
+                return getattr(cls, "prompt_format", "chat")
+        return "raw"
+
+    def _encode(self, text: str, task_name: str | None = None) -> list[int]:
         from accbench.engine.prompts import encode_prompt
 
-        return encode_prompt(self.tokenizer, text, self.prompt_format)
+        return encode_prompt(self.tokenizer, text, self.format_for(task_name))
 
     # -- lm-eval API ----------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
@@ -146,7 +164,7 @@ class _AccbenchLMImpl:
                 temperature = 0.0
             sampling = SamplingConfig(temperature=temperature, top_p=top_p, seed=self.seed)
             dec = self.decoder(sampling)
-            ids = self._encode(context)
+            ids = self._encode(context, getattr(req, "task_name", None))
             stopper = StopChecker(self.tokenizer, until, dec.eos_ids)
             if not sampling.greedy:
                 dec.reseed(self.seed + len(self.stats))
@@ -337,8 +355,11 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--stats", "stats_path", type=click.Path(dir_okay=False), default=None,
               help="Append one JSON line of speed figures per generation to this file.")
 @click.option("--log-samples", is_flag=True, help="Keep per-document outputs in --output.")
+@click.option("--prompt-format", type=click.Choice(["auto", "raw", "chat"]), default="auto", show_default=True,
+              help="auto: accbench_* tasks in their suite's format (chat for accbench_cnndm, raw few-shot for "
+                   "accbench_mbpp), as `accbench run` uses them; other lm-eval tasks raw.")
 def eval_cmd(tasks, model, method, limit, options, dtype, device, data_dir, num_fewshot, max_gen_toks,
-             include_path, output, stats_path, log_samples) -> None:
+             include_path, output, stats_path, log_samples, prompt_format) -> None:
     """Evaluate with lm-evaluation-harness, generating with an accbench decoder: every lm-eval
     generation task (and the offline accbench_mbpp / accbench_cnndm) with speed figures alongside."""
     from rich.console import Console
@@ -347,7 +368,7 @@ def eval_cmd(tasks, model, method, limit, options, dtype, device, data_dir, num_
     import lm_eval
     from lm_eval.utils import handle_non_serializable, make_table
 
-    model_args: dict[str, Any] = {"model": model, "method": method}
+    model_args: dict[str, Any] = {"model": model, "method": method, "prompt_format": prompt_format}
     for p in options:
         if "=" not in p:
             raise AccbenchError(f"--option expects KEY=VALUE, got {p!r}")

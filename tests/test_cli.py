@@ -307,3 +307,22 @@ def test_summary_and_table_report_draft_vs_verify_time():
     text = console.export_text()
     assert "draft time" in text
     assert "2.9%" in text  # 0.04 / 1.40
+
+
+def test_run_and_list_json_for_scripts(tmp_path):
+    runner = CliRunner(mix_stderr=False) if "mix_stderr" in CliRunner.__init__.__code__.co_varnames else CliRunner()
+    res = runner.invoke(main, _base_args(tmp_path, tmp_path / "run") + ["--methods", "ar,pld", "--json"],
+                        catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["status"] == "complete" and doc["results"] == str(tmp_path / "run")
+    lines = {(x["method"], x["category"]): x for x in doc["summary"]}
+    assert lines[("pld", "all")]["n"] == 4 and lines[("ar", "all")]["speedup"] == 1.0
+    assert lines[("pld", "all")]["speedup_lo"] is None  # n=4 < MIN_N: no interval, and NaN is null
+    res = runner.invoke(main, ["list", "--json"], catch_exceptions=False)
+    assert res.exit_code == 0
+    listed = json.loads(res.stdout)
+    pld = next(m for m in listed["methods"] if m["name"] == "pld")
+    assert pld["lossless"] and any(o["name"] == "num_draft" for o in pld["options"])
+    assert {"mbpp", "specbench"} <= {s["name"] for s in listed["suites"]}
+    assert any(m["name"] == "tiny-random-llama" for m in listed["models"])

@@ -96,3 +96,20 @@ def test_loglikelihood_matches_the_base_model(lm):
 def test_shim_prints_tasks_dir(capsys):
     L.main(["--tasks-dir"])
     assert capsys.readouterr().out.strip() == str(L.tasks_dir())
+
+
+def test_prompt_format_defaults_to_the_suites_own(evaluated, lm, data_dir):
+    """auto: accbench_cnndm through the chat template (as `accbench run`), accbench_mbpp raw
+    few-shot, any other lm-eval task raw; an explicit format wins."""
+    from accbench.engine.prompts import encode_prompt
+
+    assert lm.format_for("accbench_cnndm") == "chat" and lm.format_for("accbench_mbpp") == "raw"
+    assert lm.format_for("gsm8k") == "raw" and lm.format_for(None) == "raw"
+    cnn = list(CNNDMSuite(data_dir=data_dir).samples(limit=2))
+    chat = {len(encode_prompt(lm.tokenizer, s.prompt, "chat")) for s in cnn}
+    raw = {len(encode_prompt(lm.tokenizer, s.prompt, "raw")) for s in cnn}
+    assert chat != raw and chat <= {st["prompt_tokens"] for st in lm.stats}
+    forced = L.register()(model="tiny-random-llama", method="ar", prompt_format="raw")
+    assert forced.format_for("accbench_cnndm") == "raw"
+    with pytest.raises(L.AccbenchError if hasattr(L, "AccbenchError") else Exception, match="auto, raw or chat"):
+        L.register()(model="tiny-random-llama", prompt_format="html")

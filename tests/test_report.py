@@ -335,3 +335,27 @@ def test_cross_run_pairing_needs_identical_settings(tiny_runs, tmp_path):
     md = (out / "report.md").read_text()
     assert md.split("\n\n")[1].startswith("WARNING: ") and "incomplete run" in md
     assert "without an AR row of the same settings" in md
+
+
+def test_cost_curve_remeasures_implausible_points_and_project_refuses_them(tiny_runs, tmp_path, monkeypatch):
+    import accbench.methods.core.costs as costs
+
+    calls = []
+
+    def fake(model, ks, **kw):  # k=4 looks cheaper than one token the first two times, then right
+        calls.append(list(ks))
+        return {k: (0.5e-3 if k == 4 and len(calls) <= 2 else 1e-3 * (1 + 0.1 * k)) for k in ks}
+
+    monkeypatch.setattr(costs, "forward_cost", fake)
+    out = tmp_path / "c.json"
+    res = _invoke(["cost-curve", "--model", "tiny-random-llama", "--ks", "1,2,4", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    c = json.loads(out.read_text())
+    assert calls[1] == [1, 4] and len(calls) == 3 and not c["warnings"] and c["relative"]["4"] > 1
+
+    monkeypatch.setattr(costs, "forward_cost", lambda model, ks, **kw: {k: (0.5e-3 if k == 4 else 1e-3) for k in ks})
+    res = _invoke(["cost-curve", "--model", "tiny-random-llama", "--ks", "1,2,4", "--out", str(out)])
+    assert res.exit_code == 0 and "warning:" in res.output
+    assert json.loads(out.read_text())["warnings"]
+    res = CliRunner().invoke(main, ["project", str(tiny_runs[0]), "--cost-curve", str(out)])
+    assert res.exit_code == 2 and "cost(4)/cost(1) = 0.50 < 0.9" in res.output and "Traceback" not in res.output

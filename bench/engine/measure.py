@@ -57,13 +57,34 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def git_sha() -> str | None:
-    here = Path(__file__).resolve().parent
+def git_sha(here: Path | None = None) -> str | None:
+    """The commit of the accbench source, only when that source is itself a git checkout of
+    accbench (the enclosing repository's top level has accbench's pyproject.toml). An installed
+    wheel inside some other project's repository gets None: config.json then relies on
+    ``packages.accbench``, the installed version."""
+    here = (here or Path(__file__)).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        if not top or not _is_accbench_project(Path(top)):
+            return None
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=top, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _is_accbench_project(top: Path) -> bool:
+    try:
+        text = (top / "pyproject.toml").read_text()
+    except OSError:
+        return False
+    import tomllib
+
+    try:
+        return tomllib.loads(text).get("project", {}).get("name") == "accbench"
+    except tomllib.TOMLDecodeError:
+        return False
 
 
 def environment(device: torch.device | None = None) -> dict:

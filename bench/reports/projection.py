@@ -86,6 +86,22 @@ def measure_cost_curve(model_name: str, *, dtype: str | None = None, device: str
     if progress:
         progress(f"measuring {len(ks)} block sizes on {dev} ({source})")
     secs = forward_cost(model, ks, prefix_len=prefix_len, repeats=repeats, warmup=warmup)
+    warnings = []
+    for _ in range(REMEASURE):  # a forward over k tokens cannot really be cheaper than over one
+        bad = implausible(relative(secs))
+        if not bad:
+            break
+        if progress:
+            progress(f"cost(k) < {MIN_REL} cost(1) at k={', '.join(map(str, bad))}: measuring those again")
+        again = forward_cost(model, sorted(set(bad) | {1}), prefix_len=prefix_len, repeats=repeats, warmup=warmup)
+        secs.update({k: v for k, v in again.items() if k in bad or k == 1})
+    bad = implausible(relative(secs))
+    if bad:
+        warnings.append(f"cost(k) stayed below {MIN_REL} cost(1) at k={', '.join(map(str, bad))} after "
+                        f"{REMEASURE} re-measurements: the machine was busy or the timer is too coarse; "
+                        "`accbench project` refuses this curve")
+        if progress:
+            progress("warning: " + warnings[-1])
     rel = relative(secs)
     env = measure.environment(dev)
     hw = (env.get("gpus") or [env.get("cpu")])[dev.index or 0] if dev.type == "cuda" else env.get("cpu")
@@ -107,8 +123,19 @@ def measure_cost_curve(model_name: str, *, dtype: str | None = None, device: str
         "seconds": {str(k): v for k, v in secs.items()},
         "relative": {str(k): v for k, v in rel.items()},
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "warnings": warnings,
         "environment": {k: env.get(k) for k in ("cpu", "cpu_count", "torch_threads", "gpus", "cuda", "git_sha")},
     }
+
+
+#: cost(k)/cost(1) below this is not a real measurement (a k-token forward does at least one token's work)
+MIN_REL = 0.9
+REMEASURE = 3
+
+
+def implausible(rel: dict[int, float]) -> list[int]:
+    """Block sizes whose relative cost is below MIN_REL."""
+    return sorted(k for k, v in rel.items() if k > 1 and v < MIN_REL)
 
 
 def load_curve(path: str | Path) -> dict[str, Any]:
@@ -124,6 +151,10 @@ def load_curve(path: str | Path) -> dict[str, Any]:
     rel = {int(k): float(v) for k, v in c["relative"].items()}
     if 1 not in rel or any(v <= 0 for v in rel.values()):
         raise AccbenchError(f"{p}: the curve needs k=1 and positive costs")
+    bad = implausible(rel)
+    if bad:
+        raise AccbenchError(f"{p}: cost({bad[0]})/cost(1) = {rel[bad[0]]:.2f} < {MIN_REL}: a forward over "
+                            f"{bad[0]} tokens cannot cost less than one; re-measure it on an idle machine")
     c["_rel"] = rel
     c["_path"] = str(p)
     c.setdefault("device_label", device_label(c.get("device", "?"), c.get("hardware", "")))

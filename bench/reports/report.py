@@ -502,6 +502,8 @@ def cost_curve_cmd(model, device, dtype, ks, prefix_len, repeats, out) -> None:
     for k, s in curve["seconds"].items():
         t.add_row(k, f"{s * 1000:.2f}", f"{curve['relative'][k]:.2f}")
     con.print(t)
+    for w in curve.get("warnings") or []:
+        con.print(f"[yellow]warning:[/yellow] {w}")
     con.print(f"written to {out}")
 
 
