@@ -20,7 +20,7 @@ from accbench.suites.base import Sample, Suite  # noqa: F401  (re-exported: the 
 _REGISTRY: dict[str, type] = {}
 _BROKEN: dict[str, str] = {}  # entry points that failed to load: name -> reason
 # Built-in modules, imported lazily so `accbench list` stays fast.
-_BUILTIN_MODULES = ["mbpp", "summarization", "prompts", "specbench", "longbench"]
+_BUILTIN_MODULES = ["mbpp", "humaneval", "summarization", "prompts", "specbench", "longbench"]
 _loaded = False
 
 
