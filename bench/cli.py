@@ -117,7 +117,7 @@ def main() -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Folder with the data sets (else $ACCBENCH_DATA_DIR, else the Hugging Face hub).")
 @click.option("--data", "data_file", type=click.Path(dir_okay=False), default=None,
-              help="Data file for the summarization and prompts suites.")
+              help="Data file for the summarization, prompts and specbench suites.")
 @click.option("--option", "-o", "options", multiple=True, metavar="METHOD.KEY=VALUE",
               help="Method option, checked against the method's typed options before any model loads, "
                    "e.g. -o pld.num_draft=5 (see --help-options or `accbench list`).")

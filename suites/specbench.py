@@ -12,7 +12,16 @@ whose prompt is the conversation so far through the chat template (earlier turns
 answers given to them, then turn k). The answer carried into the next turn is the group's
 baseline's (AR's when AR runs): for a lossless method under greedy decoding it is the
 method's own answer, and for every method the turn-k prompt is then the same, so the
-pairing with AR stays exact. ``--limit N`` takes the first N questions (all their turns).
+pairing with AR stays exact. On a resumed run the answer is read from the results folder's
+baseline row (regenerated, untimed, when the folder has none). With ``--prompt-format raw`` the
+conversation is plain text: "User: <turn>" and "Assistant: <answer>" paragraphs, ending with
+"Assistant:" (:func:`accbench.engine.prompts.encode_conversation`). ``--limit N`` takes the
+first N questions (all their turns). The budget is 256 new tokens a turn (Spec-Bench's is
+1024: ``--max-new-tokens 1024`` matches it).
+
+Spec-Bench's own speed script (``evaluation/speed.py``) sums a question's turns into one
+tokens/s figure; here each turn is a sample of its own (mt_bench has twice as many samples as
+questions).
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ def task_of(category: str) -> tuple[str, str | None]:
 class SpecBenchSuite(Suite):
     name: ClassVar[str] = "specbench"
     description: ClassVar[str] = ("Speed per Spec-Bench task: --data question.jsonl (question_id, category, turns); "
-                                  "every turn, per-task rows")
+                                  "every turn, per-task rows; 256 new tokens (Spec-Bench: 1024)")
     stop: list[str] = []
     max_new_tokens: int = 256  # Spec-Bench generates up to 1024; --max-new-tokens 1024 matches it
     prompt_format: ClassVar[str] = "chat"

@@ -210,9 +210,10 @@ def _payload(base: dict[str, Any], group: Group, work: Work, texts: dict | None 
         if "/t" in sid:  # a conversation's turn (suites.specbench): its earlier turns' answers
             q, _, turn = sid.rpartition("/t")
             for k in range(1, int(turn) if turn.isdigit() else 0):
-                text = (texts or {}).get(group.key(f"{q}/t{k}", first))
+                sid_k = f"{q}/t{k}"  # AR's answer when the folder has one (a later run may lack AR), else the first method's
+                text = (texts or {}).get(group.key(sid_k, BASELINE)) or (texts or {}).get(group.key(sid_k, first))
                 if text is not None:
-                    answers[f"{q}/t{k}"] = text
+                    answers[sid_k] = text
     return {**base, "group": group.as_dict(), "methods": work.methods, "todo": work.as_payload(), "answers": answers}
 
 

@@ -45,6 +45,11 @@ from accbench.errors import AccbenchError, NeedsTraining
 
 Message = tuple[str, Any]
 
+#: what every row copies from its sample's ``meta`` (None when the suite has none): ``category``
+#: (Spec-Bench's task, a ``prompts`` file's ``category``), ``subcategory`` (mt_bench's MT-bench
+#: label), ``turn`` (1, 2, ... in a multi-turn suite)
+ROW_FIELDS = ("category", "subcategory", "turn")
+
 
 @dataclass(frozen=True)
 class Group:
@@ -178,7 +183,7 @@ def group_messages(payload: dict[str, Any], beacon: MutableSequence[int], *, cat
     by_id = {s.id: s for s in samples}
     budget = cfg.max_new_tokens or suite.max_new_tokens
     stopper = StopChecker(loaded.tokenizer, suite.stop, eos_ids_of(loaded.tokenizer, loaded.model))
-    first_ids = prompts.ids(by_id[work.todo[0][0]])
+    first_ids = prompts.ids(_opening(by_id[work.todo[0][0]], by_id))  # warm-up prompt: no answers needed
     decoders: dict[str, Any] = {}
     for m in work.pending_methods():
         dec = yield from _ready(m, work, loaded, cfg, payload["device"], first_ids, min(budget, 32), stopper,
@@ -199,7 +204,7 @@ def group_messages(payload: dict[str, Any], beacon: MutableSequence[int], *, cat
         meta = {**group.as_dict(), "sample_id": sid, "dtype": dtype, "prompt_tokens": len(ids),
                 "prompt_format": prompts.format, "pairing": "lockstep" if len(sides) > 1 else "alone",
                 "peak_mem_scope": memory_scope(device),
-                **{k: sample.meta[k] for k in ("category", "subcategory", "turn") if k in (sample.meta or {})}}
+                **{k: (sample.meta or {}).get(k) for k in ROW_FIELDS}}
         for s in sides:
             beacon[METHOD] = s.slot
             if s.failure is not None:
@@ -216,13 +221,23 @@ def group_messages(payload: dict[str, Any], beacon: MutableSequence[int], *, cat
             yield "row", row
 
 
+def _opening(sample, by_id):
+    """A conversation's first turn in place of a later one (whose prompt needs earlier answers)."""
+    meta = sample.meta or {}
+    if len(meta.get("turns") or []) > 1:
+        return by_id.get(f"{meta.get('question')}/t1", sample)
+    return sample
+
+
 class Conversations:
     """Earlier turns' answers for multi-turn samples (``meta["turns"]``, ids ``<q>/t<k>``).
 
     A later turn is built on the answers of the group's baseline (the sweep's first method, AR
     when it runs), so every method gets the same prompt for it; answers come from the results
-    folder (the driver's ``answers``), from this group's rows, or, when neither has one (the
-    worker restarted), from an untimed generation with the baseline's decoder."""
+    folder (the driver's ``answers``: final, whichever method this group measures the turn
+    again with), from this group's rows (the most preferred method's), or, when neither has
+    one (the turn was measured before but its row is not in the folder, or the baseline failed
+    on it), from an untimed generation with the most preferred decoder this group has."""
 
     def __init__(self, known: dict[str, str], by_id, prompts, decoders, cfg: SweepConfig, work: Work, budget, stopper):
         from accbench.engine.config import ordered_methods
@@ -231,7 +246,8 @@ class Conversations:
         self.by_id, self.prompts, self.decoders, self.budget, self.stopper = by_id, prompts, decoders, budget, stopper
         self.first = ordered_methods(cfg.methods)[0]
         self.order = [self.first] + [m for m in work.methods if m != self.first]
-        self.given_by: dict[str, int] = {}
+        self.given_by: dict[str, int] = {sid: -1 for sid in self.answers}  # -1: from the results folder
+        self.seed = cfg.seed
 
     def history(self, sample) -> list[str]:
         turns = (sample.meta or {}).get("turns") or []
@@ -251,8 +267,9 @@ class Conversations:
                 raise AccbenchError(f"no decoder to answer {sid}, which a later turn builds on")
             sample = self.by_id[sid]
             ids = self.prompts.ids(sample, self.history(sample))
+            dec.reseed(sample_seed(self.seed, sid))  # as when measured: the same answer under sampling too
             rec = dec.generate(ids, self.budget, self.stopper)  # untimed: its answer only
-            self.answers[sid] = self.stopper.text(rec.tokens)
+            self.answers[sid], self.given_by[sid] = self.stopper.text(rec.tokens), -1
         return self.answers[sid]
 
 

@@ -30,8 +30,15 @@ def encode_prompt(tokenizer, text: str, prompt_format: str) -> list[int]:
 
 def encode_conversation(tokenizer, turns: list[str], answers: list[str], prompt_format: str) -> list[int]:
     """A multi-turn prompt: user ``turns[0]``, assistant ``answers[0]``, ..., user ``turns[-1]``
-    (``len(answers) == len(turns) - 1``), through the chat template; in raw format the turns
-    joined as "User: ... / Assistant: ..." paragraphs, ending with "Assistant:"."""
+    (``len(answers) == len(turns) - 1``), through the chat template with the generation prompt
+    (Spec-Bench's FastChat conversation, for the model's own template). Answers are stripped, as
+    Spec-Bench strips the answers it carries into the next turn. In raw format (or for a
+    tokenizer without a chat template) the turns are plain paragraphs joined by a blank line,
+    "User: <turn>" and "Assistant: <answer>", ending with "Assistant:"; a single turn is the
+    bare text, as in every single-turn suite."""
+    if len(answers) != len(turns) - 1:
+        raise AccbenchError(f"a {len(turns)}-turn prompt needs {len(turns) - 1} earlier answer(s), got {len(answers)}")
+    answers = [a.strip() for a in answers]
     if len(turns) == 1:
         return encode_prompt(tokenizer, turns[0], prompt_format)
     if prompt_format == "chat" and getattr(tokenizer, "chat_template", None):

@@ -75,9 +75,9 @@ def _overall(frame):
 def _finish(fig, path: Path, title: str, rows: list[dict[str, Any]], note: str | None = None) -> Path:
     fig.suptitle(title, fontsize=12, fontweight="bold", x=0.01, y=0.985, ha="left")
     width = int(fig.get_size_inches()[0] * 17)  # characters of 7.5 pt text per line
-    foot = "\n".join(textwrap.wrap(caption(rows), width))
+    foot = "\n".join(textwrap.wrap(caption(rows), width, break_on_hyphens=False))
     if note:
-        foot += "\n" + "\n".join(textwrap.wrap(note, width))
+        foot += "\n" + "\n".join(textwrap.wrap(note, width, break_on_hyphens=False))
     fig.text(0.01, 0.005, foot, fontsize=7.5, color="#444444", ha="left", va="bottom")
     n_lines = foot.count("\n") + 1
     fig.tight_layout(rect=(0, 0.03 + 0.022 * n_lines, 1, 0.96))
@@ -103,53 +103,85 @@ def _short(s: str, n: int = 34) -> str:
 # ---------------------------------------------------------------------------------------
 
 
+def _bars(ax, sub, methods, colors, col: str, label_suffix: str = "×") -> float:
+    """Grouped bars of ``col`` (with ``col_lo`` / ``col_hi`` whiskers) per suite (x) and method;
+    returns the highest value drawn (interval included)."""
+    suites = list(dict.fromkeys(sub["suite"]))
+    width = 0.8 / max(len(methods), 1)
+    top = 1.0
+    for j, m in enumerate(methods):
+        xs, ys, lo, hi = [], [], [], []
+        for i, s in enumerate(suites):
+            line = sub[(sub["suite"] == s) & (sub["method"] == m)]
+            if line.empty or col not in line.columns or not finite(line[col].iloc[0]):
+                continue
+            v = float(line[col].iloc[0])
+            xs.append(i - 0.4 + width * (j + 0.5))
+            ys.append(v)
+            b_lo = float(line[f"{col}_lo"].iloc[0]) if f"{col}_lo" in line.columns else float("nan")
+            b_hi = float(line[f"{col}_hi"].iloc[0]) if f"{col}_hi" in line.columns else float("nan")
+            lo.append(v - b_lo if finite(b_lo) else 0.0)  # no interval below stats.MIN_N
+            hi.append(b_hi - v if finite(b_hi) else 0.0)
+        if not xs:
+            continue
+        ax.bar(xs, ys, width * 0.92, color=colors[m], label=m, yerr=[lo, hi], capsize=4,
+               error_kw={"elinewidth": 1.2, "ecolor": "#222222"})
+        for x, y, h in zip(xs, ys, hi):
+            ax.text(x, y + h, f"{y:.2f}{label_suffix}", ha="center", va="bottom", fontsize=8)
+            top = max(top, y + h)
+    ns = {s: int(sub[sub["suite"] == s]["n"].max()) for s in suites}
+    ax.set_xticks(range(len(suites)), [f"{s}\n(n={ns[s]})" for s in suites])
+    ax.axhline(1.0, color="#555555", ls="--", lw=1, label="AR = 1")
+    ax.set_ylim(0, max(1.2, top * 1.15))
+    ax.grid(axis="y", alpha=0.3)
+    return top
+
+
+def _pruning(frame) -> list[str]:
+    """Methods that prune the prompt (they report computed_frac): their headline is TTFT."""
+    if "computed_frac" not in frame.columns:
+        return []
+    return sorted(set(frame[frame["computed_frac"].notna()]["method"]))
+
+
 def plot_speedup(rs: RunSet, out: Path) -> Path | None:
     """Median per-prompt speedup vs AR with its 95% bootstrap interval, per method and suite,
-    one panel per model x device."""
+    one panel per model x device; beside it the TTFT speedup of prompt-pruning methods
+    (LazyLLM), whose headline it is."""
     f = _overall(rs.frame)
     f = f[f["method"] != BASELINE]
     if f.empty or not f["speedup"].notna().any():
         return None
-    panels = list(dict.fromkeys(zip(f["model"], f["device"])))
+    pruning = _pruning(f)
+    panels = []
+    for model, device in dict.fromkeys(zip(f["model"], f["device"])):
+        sub = f[(f["model"] == model) & (f["device"] == device)]
+        panels.append((model, device, "speedup", sub))
+        ps = sub[sub["method"].isin(pruning)]
+        if not ps.empty and "ttft_speedup" in ps.columns and ps["ttft_speedup"].notna().any():
+            panels.append((model, device, "ttft_speedup", ps))
     methods = _method_order(f["method"])
     colors = method_colors(methods)
-    fig, axes = _panels(len(panels))
-    for ax, (model, device) in zip(axes, panels):
-        sub = f[(f["model"] == model) & (f["device"] == device)]
-        suites = list(dict.fromkeys(sub["suite"]))
-        width = 0.8 / max(len(methods), 1)
-        for j, m in enumerate(methods):
-            xs, ys, lo, hi = [], [], [], []
-            for i, s in enumerate(suites):
-                line = sub[(sub["suite"] == s) & (sub["method"] == m)]
-                if line.empty or not finite(line["speedup"].iloc[0]):
-                    continue
-                v = float(line["speedup"].iloc[0])
-                xs.append(i - 0.4 + width * (j + 0.5))
-                ys.append(v)
-                b_lo, b_hi = float(line["speedup_lo"].iloc[0]), float(line["speedup_hi"].iloc[0])
-                lo.append(v - b_lo if finite(b_lo) else 0.0)  # no interval below stats.MIN_N
-                hi.append(b_hi - v if finite(b_hi) else 0.0)
-            if not xs:
-                continue
-            ax.bar(xs, ys, width * 0.92, color=colors[m], label=m, yerr=[lo, hi], capsize=4,
-                   error_kw={"elinewidth": 1.2, "ecolor": "#222222"})
-            for x, y, h in zip(xs, ys, hi):
-                ax.text(x, y + h + 0.02, f"{y:.2f}×", ha="center", va="bottom", fontsize=8)
-        ax.axhline(1.0, color="#555555", ls="--", lw=1, label="AR = 1")
-        ns = {s: int(sub[sub["suite"] == s]["n"].max()) for s in suites}
-        ax.set_xticks(range(len(suites)), [f"{s}\n(n={ns[s]})" for s in suites])
-        ax.set_ylabel("speedup vs AR (×, median, 95% CI)")
-        dtype = ", ".join(sorted({str(d) for d in sub["dtype"]}))
-        ax.set_title(f"{model} · {_short(device)} · {dtype}", fontsize=9.5)
-        tops = np.concatenate([sub["speedup_hi"].astype(float).to_numpy(), sub["speedup"].astype(float).to_numpy()])
-        top = max(1.2, float(np.nanmax(tops)) * 1.18)
-        ax.set_ylim(0, top)
+    fig, axes = _panels(len(panels), max_cols=2 if len(panels) % 2 == 0 else 3)
+    for ax, (model, device, col, sub) in zip(axes, panels):
+        ms = [m for m in methods if m in set(sub["method"])]
+        _bars(ax, sub, ms, colors, col)
+        dtype = ", ".join(sorted({str(d) for d in sub["dtype"]})) if "dtype" in sub.columns else ""
+        if col == "speedup":
+            ax.set_ylabel("speedup vs AR (×, median, 95% CI)")
+            ax.set_title(f"end to end · {model} · {_short(device)} · {dtype}", fontsize=9.5)
+        else:
+            ax.set_ylabel("TTFT speedup vs AR (×, median, 95% CI)")
+            ax.set_title(f"TTFT, prompt pruning · {model} · {_short(device, 20)}", fontsize=9.5)
         _legend(ax)
-        ax.grid(axis="y", alpha=0.3)
-    return _finish(fig, out / "speedup.png", "Speedup over autoregressive decoding", rs.rows,
-                   "bars: median over prompts of AR time / method time (same run, paired by prompt); "
-                   "whiskers: 95% BCa bootstrap interval (none below n=5)")
+    note = ("bars: median over prompts of AR time / method time (paired by prompt with AR of the same settings and "
+            "device); whiskers: 95% BCa bootstrap interval (none below n=5)")
+    if any(p[2] == "ttft_speedup" for p in panels):
+        note += "; TTFT panel: AR time to first token / the method's, for methods that prune the prompt"
+    cross = [n for n in rs.pairing_notes().values()] if hasattr(rs, "pairing_notes") else []
+    if cross:
+        note += ". " + " ".join(cross)
+    return _finish(fig, out / "speedup.png", "Speedup over autoregressive decoding", rs.rows, note)
 
 
 def plot_speed_quality(rs: RunSet, out: Path) -> Path | None:
@@ -200,9 +232,11 @@ def plot_speed_quality(rs: RunSet, out: Path) -> Path | None:
         ax.set_ylabel(f"{metric} change vs AR ({unit})")
         ax.set_title(f"{metric} · {model} · {_short(device, 26)}", fontsize=9.5)
         ax.grid(alpha=0.3)
-        handles = [plt.Line2D([], [], color=colors[m], marker="o", ls="none", label=m) for m in methods]
+        here_m = [m for m in methods if any(p["method"] == m for p in pts)]
+        here_s = [s for s in suites if any(p["suite"] == s for p in pts)]
+        handles = [plt.Line2D([], [], color=colors[m], marker="o", ls="none", label=m) for m in here_m]
         handles += [plt.Line2D([], [], color="#555555", marker=markers[s], ls="none", label=f"suite: {s}")
-                    for s in suites]
+                    for s in here_s]
         handles.append(plt.Line2D([], [], color=AR_COLOR, marker="*", ms=9, ls="none", label="AR (reference)"))
         _legend(ax, handles=handles)
     return _finish(fig, out / "speed_quality.png", "Speed vs quality (each method against AR)", rs.rows,
@@ -257,6 +291,8 @@ def plot_ttft(rs: RunSet, out: Path) -> Path | None:
 def plot_tau(rs: RunSet, out: Path) -> Path | None:
     """Distribution of tokens committed per decode step (tau), per method, one series per suite."""
     rows = [r for r in rs.rows if r["method"] != BASELINE and len(r.get("tokens_per_step") or []) > 1]
+    drafting = {r["method"] for r in rows if any(r.get("drafted") or []) or max(r["tokens_per_step"][1:]) > 1}
+    rows = [r for r in rows if r["method"] in drafting]  # LazyLLM & co. commit one token per step, like AR
     if not rows:
         return None
     panels = list(dict.fromkeys((r["model"], r["method"]) for r in rows))
@@ -267,8 +303,9 @@ def plot_tau(rs: RunSet, out: Path) -> Path | None:
         sub = [r for r in rows if r["model"] == model and r["method"] == method]
         kmax = max(max(r["tokens_per_step"][1:]) for r in sub)
         bins = np.arange(1, kmax + 1)
-        width = 0.8 / len(suites)
-        for j, s in enumerate(suites):
+        here = [s for s in suites if any(r["suite"] == s for r in sub)]
+        width = 0.8 / len(here)
+        for j, s in enumerate(here):
             steps = [t for r in sub if r["suite"] == s for t in r["tokens_per_step"][1:]]
             if not steps:
                 continue
@@ -314,17 +351,20 @@ def plot_acceptance(rs: RunSet, out: Path) -> Path | None:
             pos = np.arange(1, k + 1)
             color = method_color(method)
             ax.plot(pos[ok], accepted[ok] / drafted[ok], marker=markers[s], color=color,
-                    label=f"{s}: accepted_k / drafted_k ({int(drafted[0])} drafts at k=1)")
+                    label=f"suite: {s} ({int(drafted[0])} drafts at k=1)")
             ax.plot(pos[okc], accepted[okc] / reached[okc], marker=markers[s], color=color, ls="--", alpha=0.7,
-                    mfc="white", label=f"{s}: given drafts 1..k-1 accepted")
+                    mfc="white")
             kmax = max(kmax, k)
         ax.set_xlabel("draft position k")
-        ax.set_ylabel("acceptance  accepted_k / drafted_k")
+        ax.set_ylabel("acceptance rate")
         ax.set_ylim(0, 1.05)
         if kmax:
             ax.set_xticks(range(1, kmax + 1))
         ax.set_title(f"{method} · {model}", fontsize=9.5)
-        _legend(ax)
+        handles, _ = ax.get_legend_handles_labels()
+        handles += [plt.Line2D([], [], color="#555555", ls="-", label="unconditional:\naccepted_k / drafted_k"),
+                    plt.Line2D([], [], color="#555555", ls="--", label="conditional:\naccepted_k / reached_k")]
+        _legend(ax, handles=handles)
         ax.grid(alpha=0.3)
     return _finish(fig, out / "acceptance.png", "Acceptance per draft position", rows,
                    "a draft token at position k is accepted when it and every earlier draft token match the target; "

@@ -87,21 +87,28 @@ def measure_cost_curve(model_name: str, *, dtype: str | None = None, device: str
         progress(f"measuring {len(ks)} block sizes on {dev} ({source})")
     secs = forward_cost(model, ks, prefix_len=prefix_len, repeats=repeats, warmup=warmup)
     warnings = []
-    for _ in range(REMEASURE):  # a forward over k tokens cannot really be cheaper than over one
-        bad = implausible(relative(secs))
+    for _ in range(REMEASURE):  # a forward over k tokens cannot really be cheaper than over one (or fewer)
+        bad = suspicious(relative(secs))
         if not bad:
             break
         if progress:
-            progress(f"cost(k) < {MIN_REL} cost(1) at k={', '.join(map(str, bad))}: measuring those again")
-        again = forward_cost(model, sorted(set(bad) | {1}), prefix_len=prefix_len, repeats=repeats, warmup=warmup)
-        secs.update({k: v for k, v in again.items() if k in bad or k == 1})
+            progress(f"cost(k) < {MIN_REL} cost(1) or < {MIN_REL} cost(previous k) at k={', '.join(map(str, bad))}: "
+                     "measuring those again")
+        redo = sorted(set(bad) | {_previous(ks, k) for k in bad} | {1})
+        secs.update(forward_cost(model, redo, prefix_len=prefix_len, repeats=repeats, warmup=warmup))
     bad = implausible(relative(secs))
     if bad:
         warnings.append(f"cost(k) stayed below {MIN_REL} cost(1) at k={', '.join(map(str, bad))} after "
                         f"{REMEASURE} re-measurements: the machine was busy or the timer is too coarse; "
                         "`accbench project` refuses this curve")
+    dips = [k for k in non_monotone(relative(secs)) if k not in bad]
+    if dips:
+        warnings.append(f"cost(k) stayed below {MIN_REL} cost(previous k) at k={', '.join(map(str, dips))} after "
+                        f"{REMEASURE} re-measurements: a busy machine, or a kernel that really is faster at that "
+                        "size; projections interpolate through the dip")
+    for w in warnings:
         if progress:
-            progress("warning: " + warnings[-1])
+            progress("warning: " + w)
     rel = relative(secs)
     env = measure.environment(dev)
     hw = (env.get("gpus") or [env.get("cpu")])[dev.index or 0] if dev.type == "cuda" else env.get("cpu")
@@ -136,6 +143,23 @@ REMEASURE = 3
 def implausible(rel: dict[int, float]) -> list[int]:
     """Block sizes whose relative cost is below MIN_REL."""
     return sorted(k for k, v in rel.items() if k > 1 and v < MIN_REL)
+
+
+def _previous(ks: Sequence[int], k: int) -> int:
+    below = [x for x in ks if x < k]
+    return max(below) if below else k
+
+
+def non_monotone(rel: dict[int, float]) -> list[int]:
+    """Block sizes whose cost is below MIN_REL times the cost of the next smaller measured k: a
+    dip beyond timing noise (10%) that a re-measurement should confirm or remove."""
+    ks = sorted(rel)
+    return [k for p, k in zip(ks, ks[1:]) if rel[k] < MIN_REL * rel[p]]
+
+
+def suspicious(rel: dict[int, float]) -> list[int]:
+    """Block sizes worth measuring again: :func:`implausible` or :func:`non_monotone`."""
+    return sorted(set(implausible(rel)) | set(non_monotone(rel)))
 
 
 def load_curve(path: str | Path) -> dict[str, Any]:

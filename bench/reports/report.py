@@ -48,162 +48,340 @@ def _f(x: Any, fmt: str = "{:.2f}") -> str:
 
 
 TAU = "mean accepted tokens (tau)"
+#: draft positions shown in the acceptance columns
+SHOW_K = 5
+_KEYS = ("model", "device", "dtype", "suite", "prompt_length")
 
 
 def _iv(v, lo, hi, n, suffix="x", digits=2, signed=False) -> str:
+    """One line: "v [lo, hi]", or "v (n too small (n=K))" below stats.MIN_N pairs."""
+    c = _iv_cell(v, lo, hi, n, suffix, digits, signed)
+    return f"{c.text} {c.sub}" if c.sub else c.text
+
+
+def _iv_cell(v, lo, hi, n, suffix="x", digits=2, signed=False, missing="-"):
+    """A value with its 95% interval on a second line (or why there is none)."""
+    from accbench.reports.html import Cell
     from accbench.reports.stats import MIN_N
 
     if not finite(v):
-        return "-"
+        return Cell(missing, None)
     f = f"{{:{'+' if signed else ''}.{digits}f}}"
-    if not (finite(lo) and finite(hi)):
-        return f.format(v) + suffix + (f" (n too small: {int(n)})" if finite(n) and n < MIN_N else "")
-    return f"{f.format(v)}{suffix} [{f.format(lo)}, {f.format(hi)}]"
+    if finite(lo) and finite(hi):
+        sub = f"[{f.format(lo)}, {f.format(hi)}]"
+    elif finite(n) and n < MIN_N:
+        sub = f"n too small (n={int(n)})"
+    else:
+        sub = ""
+    return Cell(f.format(v) + suffix, float(v), sub)
 
 
-def _shape(r) -> str:
-    kind = r.get("draft_kind")
-    if not isinstance(kind, str):
-        return "-"
-    nodes, depth = r.get("draft_nodes"), r.get("draft_depth")
-    if kind == "chain":
-        return f"chain, {int(depth)} deep" if finite(depth) else "chain"
-    return f"{kind}, {int(nodes)} nodes, {int(depth)} deep" if finite(nodes) and finite(depth) else kind
+def _has(grp, col) -> bool:
+    """Whether the summary has column ``col`` with a value in any line (old runs may lack it)."""
+    if col not in grp.columns:
+        return False
+    v = grp[col].dropna()
+    return bool((v.astype(str) != "").any())
+
+
+def _get(r, col):
+    v = r.get(col) if hasattr(r, "get") else None
+    return None if v is None or (isinstance(v, float) and v != v) else v
+
+
+def _shape_cell(r):
+    from accbench.reports.html import Cell
+
+    kind = _get(r, "draft_kind")
+    if not isinstance(kind, str) or not kind:
+        return Cell("-", None)
+    nodes, depth, heads = _get(r, "draft_nodes"), _get(r, "draft_depth"), _get(r, "draft_heads")
+    chain = kind == "chain" and finite(nodes) and finite(depth) and nodes == depth
+    sub = [f"{int(nodes)} nodes" if finite(nodes) and not chain else "", f"depth {int(depth)}" if finite(depth) else "",
+           f"{int(heads)} heads" if finite(heads) else ""]
+    return Cell(kind, kind, " · ".join(x for x in sub if x))
+
+
+def _acc(r, key) -> list[float]:
+    v = _get(r, key)
+    if not isinstance(v, str) or not v:
+        return []
+    out = []
+    for x in v.split(";"):
+        try:
+            out.append(float(x))
+        except ValueError:
+            out.append(float("nan"))
+    return out
+
+
+def _lead(r, by_cat):
+    from accbench.reports.html import cell
+
+    return ([cell(str(r["category"]))] if by_cat else []) + [cell(str(r["method"]))]
+
+
+def _ordered(grp):
+    """Overall lines first, then categories; AR first within each, then the methods by name."""
+    cat = grp["category"].astype(str) if "category" in grp.columns else None
+    key = grp.assign(_c=(cat != "all") if cat is not None else False, _cn=cat if cat is not None else "",
+                     _m=grp["method"] != BASELINE, _mn=grp["method"].astype(str))
+    return key.sort_values(["_c", "_cn", "_m", "_mn"], kind="stable").drop(columns=["_c", "_cn", "_m", "_mn"])
+
+
+def _pct_cell(v, digits=0):
+    from accbench.reports.html import cell
+
+    return cell(v * 100 if finite(v) else None, f"{{:.{digits}f}}%")
 
 
 def _speed_table(title, grp, by_cat, pairing_note):
     from accbench.reports.html import Cell, TableSpec, cell
 
-    pruning = "computed_frac" in grp.columns and grp["computed_frac"].notna().any()
-    kmax = max((len(str(a).split(";")) for a in grp["acceptance"] if isinstance(a, str) and a), default=0)
-    kshow = min(kmax, 3)
-    draft_time = "draft_share" in grp.columns and grp["draft_share"].notna().any()
-    cols = (["category"] if by_cat else []) + ["method", "n", "tok/s", "speedup vs AR [95% CI]"]
-    cols += ["TTFT speedup [95% CI]", "prompt computed"] if pruning else []
-    cols += [TAU, "tokens/forward"] + (["draft shape"] if kmax else [])
-    cols += [f"accept@{k + 1}" for k in range(kshow)] + [f"accept@{k + 1} | prev" for k in range(1, kshow)]
-    cols += (["draft time %"] if draft_time else []) + ["match AR"]
+    pruning = _has(grp, "computed_frac")
+    draft_time = _has(grp, "draft_share")
+    cols = (["category"] if by_cat else []) + ["method", "n", "tok/s", "speedup vs AR (median, 95% CI)"]
+    cols += ["TTFT speedup vs AR (median, 95% CI)", "prompt computed"] if pruning else []
+    cols += (["draft time (% of decode)"] if draft_time else []) + ["match AR (outputs identical)"]
     rows = []
-    for _, r in grp.iterrows():
-        n_pairs = r.get("n_pairs", r["n"])
-        if r["method"] == BASELINE:
-            sp = Cell("1 (baseline)", 1.0)
-        else:
-            sp = Cell(_iv(r["speedup"], r["speedup_lo"], r["speedup_hi"], n_pairs),
-                      float(r["speedup"]) if finite(r["speedup"]) else None)
-        line = ([cell(str(r["category"]))] if by_cat else []) + [
-            cell(str(r["method"])), cell(int(r["n"]), "{}"), cell(r["tokens_per_s"], "{:.3g}"), sp]
+    for _, r in _ordered(grp).iterrows():
+        n_pairs = _get(r, "n_pairs") if _get(r, "n_pairs") is not None else r["n"]
+        base = r["method"] == BASELINE
+        nocell = Cell("no AR", None, "see the note below")
+        line = _lead(r, by_cat) + [Cell(str(int(r["n"])), int(r["n"]),
+                                        f"{int(n_pairs)} paired" if not base and finite(n_pairs)
+                                        and n_pairs < r["n"] else ""),
+                                   cell(r["tokens_per_s"], "{:.3g}")]
+        line.append(Cell("1 (baseline)", 1.0) if base else
+                    (_iv_cell(r["speedup"], r.get("speedup_lo"), r.get("speedup_hi"), n_pairs)
+                     if finite(r.get("speedup")) else nocell))
         if pruning:
-            line += [Cell(_iv(r["ttft_speedup"], r["ttft_speedup_lo"], r["ttft_speedup_hi"], n_pairs),
-                          float(r["ttft_speedup"]) if finite(r["ttft_speedup"]) else None),
-                     cell(r["computed_frac"] * 100 if finite(r.get("computed_frac")) else None, "{:.0f}%")]
-        line += [cell(r["tau"], "{:.3f}"), cell(r["tokens_per_forward"], "{:.3f}")]
-        if kmax:
-            line.append(cell(_shape(r)))
-        for key, ks in (("acceptance", range(kshow)), ("acceptance_cond", range(1, kshow))):
-            acc = str(r.get(key)).split(";") if isinstance(r.get(key), str) and r.get(key) else []
-            for k in ks:
-                v = float(acc[k]) if k < len(acc) and acc[k] not in ("", "nan") else float("nan")
-                line.append(cell(v, "{:.2f}"))
+            if base:
+                line.append(Cell("1 (baseline)", 1.0))
+            elif finite(r.get("ttft_speedup")):
+                line.append(_iv_cell(r["ttft_speedup"], r.get("ttft_speedup_lo"), r.get("ttft_speedup_hi"), n_pairs))
+            else:
+                line.append(nocell if not finite(r.get("speedup")) else cell(None))
+            line.append(_pct_cell(r.get("computed_frac")))
         if draft_time:
             share = r.get("draft_share")
             line.append(cell(share * 100 if finite(share) else None, "{:.1f}"))
-        em = r["exact_match_ar"]
-        line.append(cell(em * 100 if finite(em) else None, "{:.0f}%"))
+        line.append(cell(None) if base else _pct_cell(r.get("exact_match_ar")))
         rows.append(line)
-    note = (f"{TAU}: tokens committed per decode forward (AR = 1). accept@k: accepted_k / drafted_k "
-            "(unconditional, as vLLM); accept@k | prev: given drafts 1..k-1 were accepted. Intervals: 95% BCa "
-            "bootstrap over samples paired with AR; none below 5 pairs." + pairing_note)
-    return TableSpec(title, cols, rows, note)
+    note = ("speedup: per sample AR time / method time for the same tokens, median over samples; intervals: 95% "
+            "BCa bootstrap over the samples paired with AR, none below 5 pairs.")
+    if pruning:
+        note += (" TTFT speedup: AR time to first token / the method's (the headline of prompt-pruning methods such "
+                 "as LazyLLM); prompt computed: share of prompt token-layers the pruned prefill computed.")
+    return TableSpec(title + " · speed", cols, rows, note + pairing_note)
+
+
+def _decoding_table(title, grp, by_cat):
+    from accbench.reports.html import TableSpec, cell
+
+    kmax = max((len(_acc(r, "acceptance")) for _, r in grp.iterrows()), default=0)
+    if not kmax and not _has(grp, "draft_kind"):
+        return None
+    k = min(kmax, SHOW_K)
+    kc = k if _has(grp, "acceptance_cond") else 0  # conditional acceptance: runs summarized since it exists
+    lead = (["category"] if by_cat else []) + ["method"]
+    cols = lead + [TAU, "tokens / forward", "draft shape"]
+    cols += [f"k={i + 1}" for i in range(k)] + [f"k={i + 1}" for i in range(1, kc)]
+    groups = [("", len(lead) + 3)] + ([("acceptance, unconditional: accepted_k / drafted_k", k, "uncond.")] if k
+                                      else [])
+    groups += [("acceptance, conditional: accepted_k / reached_k", kc - 1, "cond.")] if kc > 1 else []
+    rows = []
+    for _, r in _ordered(grp).iterrows():
+        line = _lead(r, by_cat) + [cell(r.get("tau"), "{:.3f}"), cell(r.get("tokens_per_forward"), "{:.3f}"),
+                                   _shape_cell(r)]
+        for key, ks in (("acceptance", range(k)), ("acceptance_cond", range(1, kc))):
+            acc = _acc(r, key)
+            line += [cell(acc[i] if i < len(acc) else None, "{:.2f}") for i in ks]
+        rows.append(line)
+    more = f" (first {SHOW_K} of {kmax} positions; all in summary.csv)" if kmax > SHOW_K else ""
+    note = (f"{TAU}: tokens committed per decode step of the target after the prefill (AR = 1); tokens / forward: "
+            "new tokens per target forward pass. Acceptance at draft position k" + more + ": unconditional = "
+            "accepted_k / drafted_k, the share of all drafts at k that were accepted (what vLLM reports); "
+            "conditional = accepted_k / reached_k, given drafts 1..k-1 were accepted (equal at k=1). "
+            "draft shape: chain / tree / dynamic, draft tokens per verification (max), depth, heads.")
+    return TableSpec(title + " · decoding steps", cols, rows, note, groups=groups)
 
 
 def _latency_table(title, grp, by_cat):
     from accbench.reports.html import TableSpec, cell
 
-    cols = (["category"] if by_cat else []) + ["method"]
-    cols += [f"{m} p{q} ms" for m in ("TTFT", "TPOT", "ITL") for q in (50, 90, 99)]
+    if not any(_has(grp, f"{m}_p50") for m in ("ttft", "tpot", "itl")):
+        return None
+    lead = (["category"] if by_cat else []) + ["method"]
+    cols = lead + [f"p{q}" for _ in range(3) for q in (50, 90, 99)]
+    groups = [("", len(lead)), ("TTFT (ms)", 3, "TTFT ms"), ("TPOT (ms)", 3, "TPOT ms"), ("ITL (ms)", 3, "ITL ms")]
     rows = []
-    for _, r in grp.iterrows():
-        line = ([cell(str(r["category"]))] if by_cat else []) + [cell(str(r["method"]))]
+    for _, r in _ordered(grp).iterrows():
+        line = _lead(r, by_cat)
         for m in ("ttft", "tpot", "itl"):
             for q in (50, 90, 99):
                 v = r.get(f"{m}_p{q}")
-                line.append(cell(v * 1000 if finite(v) else None, "{:.0f}" if m == "ttft" else "{:.1f}"))
+                ms = v * 1000 if finite(v) else None
+                line.append(cell(ms, "{:.0f}" if m == "ttft" else "{:.1f}"))
         rows.append(line)
     return TableSpec(title + " · latency", cols, rows,
-                     "ITL: gaps between committed chunks (vLLM's inter-token latency); under speculation one chunk "
-                     "bundles every token a step accepted, so ITL p50 can exceed TPOT.")
+                     "Percentiles over samples of TTFT (prefill + first token) and TPOT (decode time / (new tokens - "
+                     "1)); ITL: pooled gaps between consecutive committed chunks, vLLM's inter-token latency. Under "
+                     "speculation one chunk bundles every token a step accepted, so an ITL gap covers several tokens "
+                     "and ITL can exceed TPOT.", groups=groups)
+
+
+def _metric_label(m: str) -> str:
+    return f"{m} (%)" if m.startswith("pass@") else m
 
 
 def _quality_table(title, grp, by_cat, qs):
     from accbench.reports.html import Cell, TableSpec, cell
 
-    pairs = "pass_both" in grp.columns and grp["pass_both"].notna().any()
+    pairs = _has(grp, "pass_both")
     cols = (["category"] if by_cat else []) + ["method", "n"]
-    cols += [f"{c[2:]} (Δ vs AR [95% CI])" for c in qs]
-    cols += (["pass@1 both / only AR / only method / neither", "McNemar p"] if pairs else []) + ["quality vs AR"]
+    cols += [_metric_label(c[2:]) for c in qs]
+    cols += (["pass@1 pairs: both / only AR / only method / neither", "McNemar p"] if pairs else [])
+    cols += ["quality vs AR (verdict)"]
     rows = []
-    for _, r in grp.iterrows():
-        line = ([cell(str(r["category"]))] if by_cat else []) + [cell(str(r["method"])), cell(int(r["n"]), "{}")]
+    for _, r in _ordered(grp).iterrows():
+        base = r["method"] == BASELINE
+        line = _lead(r, by_cat) + [cell(int(r["n"]), "{}")]
         for c in qs:
             m, v = c[2:], r[c]
             scale = 100.0 if m.startswith("pass@") else 1.0
-            text = f"{v * scale:.1f}" if finite(v) else "-"
             d = r.get(f"d_{m}")
-            if r["method"] != BASELINE and finite(d):
-                text += " (" + _iv(d, r.get(f"d_{m}_lo"), r.get(f"d_{m}_hi"), r.get("quality_n"), "", 1, True) + ")"
-            line.append(Cell(text, float(v) if finite(v) else None))
+            sub = ""
+            if not base and finite(d):
+                dc = _iv_cell(d, r.get(f"d_{m}_lo"), r.get(f"d_{m}_hi"), r.get("quality_n"), "", 1, True)
+                sub = f"Δ {dc.text} {dc.sub}".rstrip()
+            elif not base:
+                sub = "Δ: no AR pair"
+            line.append(Cell(f"{v * scale:.1f}" if finite(v) else "-", float(v) if finite(v) else None, sub))
         if pairs:
             if finite(r.get("pass_both")):
                 line += [cell(" / ".join(str(int(r[k])) for k in ("pass_both", "pass_only_ar", "pass_only_method",
-                                                                   "pass_neither"))),
+                                                                   "pass_neither")), sort=float(r["pass_only_ar"])),
                          cell(r.get("mcnemar_p"), "{:.3f}")]
             else:
                 line += [cell(None), cell(None)]
-        v = r.get("quality_verdict")
-        line.append(cell(v if isinstance(v, str) else ("reference" if r["method"] == BASELINE else None)))
+        v, qm = _get(r, "quality_verdict"), _get(r, "quality_metric")
+        if isinstance(v, str) and v:
+            line.append(Cell(v, v, f"on {qm}" if isinstance(qm, str) and qm else ""))
+        else:
+            line.append(cell("reference" if base else None))
         rows.append(line)
     return TableSpec(title + " · quality", cols, rows,
-                     "Δ: mean per-sample difference method - AR on the same samples (pass@1 in points), 95% BCa "
-                     "interval; pass@1 also as the paired 2x2 table with the exact McNemar test. Verdict: loss / gain "
-                     "when the interval excludes 0 (and McNemar p < 0.05 for pass@1), too few samples below 5 pairs.")
+                     "Mean per sample; Δ: mean per-sample difference method - AR on the same samples (pass@1 in "
+                     "points), 95% BCa interval; pass@1 also as the paired 2x2 table with the exact McNemar test. "
+                     "Verdict on the suite's main metric: loss / gain when the interval excludes 0 (and McNemar "
+                     "p < 0.05 for pass@1), no measurable loss otherwise, too few samples below 5 pairs.")
+
+
+def _headline_table(rs: RunSet):
+    """One line per suite and method: the number the method is for (speedup; TTFT speedup for
+    prompt pruning), and the quality verdict."""
+    from accbench.reports.html import Cell, TableSpec, cell
+
+    f = rs.frame
+    if "category" in f.columns:
+        f = f[f["category"].astype(str) == "all"]
+    f = f[f["method"] != BASELINE]
+    if f.empty:
+        return None
+    several = f["device"].nunique() > 1 or f["model"].nunique() > 1
+    info = rs.pairing() if hasattr(rs, "pairing") else {}
+    rows = []
+    for _, r in f.iterrows():
+        n_pairs = _get(r, "n_pairs") if _get(r, "n_pairs") is not None else r["n"]
+        where = str(r["suite"]) + (f" @{int(r['prompt_length'])}" if finite(r.get("prompt_length")) else "")
+        line = ([cell(f"{r['model']} · {r['device']}")] if several else []) + [cell(where), cell(str(r["method"]))]
+        pruning = finite(r.get("computed_frac"))
+        key, label = ("ttft_speedup", "TTFT speedup") if pruning else ("speedup", "speedup")
+        if finite(r.get(key)):
+            c = _iv_cell(r[key], r.get(f"{key}_lo"), r.get(f"{key}_hi"), n_pairs)
+            extra = f", {r['computed_frac'] * 100:.0f}% of prompt computed" if pruning else ""
+            line += [cell(label), Cell(c.text, c.sort, (c.sub + extra).strip(", "))]
+        else:
+            line += [cell(label), Cell("no AR", None, "no AR row of the same settings and device")]
+        line.append(_iv_cell(r["speedup"], r.get("speedup_lo"), r.get("speedup_hi"), n_pairs) if pruning
+                    else cell(None))
+        v, qm = _get(r, "quality_verdict"), _get(r, "quality_metric")
+        line.append(Cell(v, v, f"on {qm}" if isinstance(qm, str) else "") if isinstance(v, str) and v else cell(None))
+        p = info.get(_pairing_key(r["model"], r["device"], r["suite"], r.get("prompt_length")), {}).get(r["method"])
+        if p and p["other"]:
+            line.append(Cell(", ".join(sorted(map(str, p["other"]))), "other", "another results folder"))
+        elif p and not p["same"]:
+            line.append(Cell("none", "none", "no compatible AR"))
+        else:
+            line.append(cell("its own run"))
+        rows.append(line)
+    cols = (["model · device"] if several else []) + ["suite", "method", "headline", "value (95% CI)",
+                                                      "E2E speedup (pruning)", "quality vs AR", "AR pair from"]
+    return TableSpec("Headline per method", cols, rows,
+                     "The number each method is for, against AR on the same samples: end-to-end speedup for "
+                     "speculative decoding, TTFT speedup for prompt pruning (LazyLLM); details in the tables below.")
+
+
+def _pairing_key(model, device, suite, plen):
+    return (model, device, suite, plen if finite(plen) else None)
 
 
 def _summary_sections(rs: RunSet):
     f = rs.frame
-    if "category" not in f.columns:
-        f = f.assign(category="all")
+    for col, default in (("category", "all"), ("dtype", "")):
+        if col not in f.columns:
+            f = f.assign(**{col: default})
     tables = []
     qcols = [c for c in f.columns if c.startswith("q_")]
     notes = rs.pairing_notes() if hasattr(rs, "pairing_notes") else {}
-    for key, grp in f.groupby(["model", "device", "dtype", "suite", "prompt_length"], dropna=False, sort=False):
+    head = _headline_table(rs)
+    if head is not None:
+        tables.append(head)
+    for key, grp in f.groupby(list(_KEYS), dropna=False, sort=False):
         model, device, dtype, suite, plen = key
         title = f"{suite} · {model} · {device} · {dtype}"
         if finite(plen):
             title += f" · prompt {int(plen)} tokens"
         by_cat = grp["category"].nunique() > 1
-        note = notes.get((model, device, suite), "")
-        tables.append(_speed_table(title, grp, by_cat, (" " + note) if note else ""))
+        note = notes.get(_pairing_key(model, device, suite, plen), "")
+        tables.append(_speed_table(title, grp, by_cat, (" Pairing: " + note) if note else ""))
+        for t in (_decoding_table(title, grp, by_cat),):
+            if t is not None:
+                tables.append(t)
         qs = [c for c in qcols if grp[c].notna().any()]
         if qs:
             tables.append(_quality_table(title, grp, by_cat, qs))
-        tables.append(_latency_table(title, grp, by_cat))
+        t = _latency_table(title, grp, by_cat)
+        if t is not None:
+            tables.append(t)
     return tables
 
 
 def _runs_table(rs: RunSet):
-    from accbench.reports.html import TableSpec, cell
+    from accbench.reports.html import Cell, TableSpec, cell
 
     rows = []
     for run in rs.runs:
         env = run.config.get("environment") or {}
-        settings = run.config.get("settings") or {}
-        rows.append([cell(str(run.path)), cell(str(run.config.get("device", "?"))), cell(run.hardware),
-                     cell(str(run.config.get("dtype", "?"))), cell(str(settings.get("max_new_tokens") or "suite's")),
-                     cell(str(env.get("git_sha") or "?")[:10]), cell(str(run.config.get("started", "?"))),
-                     cell(str(run.config.get("status", "?"))), cell(run.n_rows, "{}")])
-    return TableSpec("", ["results folder", "device", "hardware", "dtype", "max new tokens", "git sha", "started",
-                              "status", "rows"], rows)
+        s = run.config.get("settings") or {}
+        sett = [f"max new tokens {s.get('max_new_tokens') or 'suite' + chr(39) + 's'}",
+                f"T={s.get('temperature', 0.0)}", f"top_p={s.get('top_p', 1.0)}", f"seed {s.get('seed', '?')}",
+                f"format {s.get('prompt_format') or 'auto'}"]
+        status = str(run.config.get("status", "?"))
+        methods = ", ".join(run.config.get("methods") or []) or "?"
+        suites = ", ".join(run.config.get("suites") or []) or "?"
+        rows.append([cell(str(run.path)), cell(f"{run.config.get('device', '?')} · {run.hardware}"),
+                     cell(str(run.config.get("dtype", "?"))), Cell(" · ".join(sett[:2]), " ".join(sett),
+                                                                  " · ".join(sett[2:])),
+                     Cell(methods, methods, suites), cell(str(env.get("git_sha") or "?")[:10]),
+                     cell(str(run.config.get("started", "?"))[:16].replace("T", " ")),
+                     Cell(status, status, "" if status == "complete" else "INCOMPLETE"), cell(run.n_rows, "{}")])
+    return TableSpec("", ["results folder", "device", "dtype", "settings", "methods / suites", "git sha", "started",
+                          "status", "rows"], rows,
+                     "Rows of different folders pair with each other's AR rows only when model, device, suite, "
+                     "sample and these settings (max new tokens, temperature, top_p, seed, prompt format, dtype, "
+                     "data file) are identical, and a folder with its own AR rows always uses them.")
 
 
 def _projection_table(pred: list[dict[str, Any]]):
@@ -236,12 +414,15 @@ def build_report(rs: RunSet, out: Path, curves: list[dict[str, Any]] | None = No
     figs = plots.all_plots(rs, out)
     texts = {
         "speedup": ("Speedup vs AR per method and suite", "Median over prompts of the per-prompt speedup (AR and "
-                    "the method on the same prompt in the same run), with its 95% bootstrap interval."),
-        "speed_quality": ("Speed vs quality", "Each point is one method on one suite: speedup on x, the change of "
-                          "the suite's main quality metric vs AR on the same prompts on y. AR sits at (1, 0)."),
+                    "the method on the same prompt, same settings and device), with its 95% bootstrap interval; "
+                    "for prompt-pruning methods also the TTFT speedup, their headline."),
+        "speed_quality": ("Speed vs quality", "One panel per quality metric: speedup on x, the paired change of the "
+                          "metric vs AR on the same samples on y, both with 95% intervals. AR sits at (1, 0)."),
         "ttft": ("TTFT vs prompt length", "Time to first token per prompt, log-scaled prompt length."),
-        "tau": ("Tokens per step", "Distribution of tokens committed per decode step; the mean is tau."),
-        "acceptance": ("Acceptance per draft position", "accepted_k / drafted_k for each draft position k."),
+        "tau": ("Tokens per step", "Distribution of tokens committed per decode step of the drafting methods; the "
+                "mean is the mean accepted tokens (tau)."),
+        "acceptance": ("Acceptance per draft position", "Solid: unconditional, accepted_k / drafted_k (as vLLM); "
+                       "dashed: conditional, accepted_k / reached_k (given drafts 1..k-1 were accepted)."),
         "throughput": ("Tokens/s across models and devices", "Absolute throughput per method, model and machine."),
     }
     figures = [Figure(name, path, *texts[name]) for name, path in figs.items()]
@@ -270,18 +451,19 @@ def build_report(rs: RunSet, out: Path, curves: list[dict[str, Any]] | None = No
                                 [f"Cost curves: {', '.join(c['_path'] + ' (' + c['device_label'] + ')' for c in curves)}."],
                                 tables=[_projection_table(pred)], figures=cfigs))
     sections.append(Section("Runs", tables=[_runs_table(rs)]))
-    intro = [f"WARNING: {run.path} is an incomplete run (status {run.config.get('status')!r}): its figures cover "
-             f"only the {run.n_rows} rows it has; rerun its `accbench run` command to complete it."
-             for run in rs.runs if run.config.get("status") not in (None, "complete")]
-    intro += [f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(rs.runs)} results folder(s), "
+    warnings = [f"{run.path} is an incomplete run (status {run.config.get('status')!r}): its tables and figures "
+                f"cover only the {run.n_rows} rows it has; rerun its `accbench run` command to complete it."
+                for run in rs.runs if run.config.get("status") not in (None, "complete")]
+    intro = [f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(rs.runs)} results folder(s), "
               f"{len(rs.rows)} rows. {rs.caption()}.",
               "Speedup: per prompt AR time / method time (same number of tokens) else the ratio of tokens/s, "
-              "paired with AR on the same sample (same run settings and device); mean accepted tokens (tau): "
+              "paired with AR on the same sample (same run settings and device; AR rows of another results folder "
+              "only when a folder has none, and the tables say so); mean accepted tokens (tau): "
               "tokens per decode step; tokens/forward: new tokens per target forward pass; quality deltas are "
               "method minus AR on the same prompts."]
     rs.frame.to_csv(out / "summary.csv", index=False)
-    (out / "report.md").write_text(render_md(title, intro, sections, out))
-    (out / "report.html").write_text(render_html(title, intro, sections))
+    (out / "report.md").write_text(render_md(title, intro, sections, out, warnings))
+    (out / "report.html").write_text(render_html(title, intro, sections, warnings))
     if pred:
         (out / "projection.json").write_text(json.dumps(pred, indent=1, default=str) + "\n")
     return {"report.md": out / "report.md", "report.html": out / "report.html", **figs}

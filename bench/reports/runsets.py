@@ -69,6 +69,9 @@ class RunSet:
     def pairing_notes(self) -> dict[tuple, str]:
         return pairing_notes(self.rows)
 
+    def pairing(self) -> dict[tuple, dict[str, dict[str, Any]]]:
+        return pairing(self.rows)
+
     # -- meta for captions -----------------------------------------------------------------
     def select(self, **eq: Any) -> list[dict[str, Any]]:
         return [r for r in self.rows if all(r.get(k) == v for k, v in eq.items())]
@@ -103,7 +106,6 @@ def load_runs(paths: Iterable[str | Path]) -> RunSet:
         if not run_rows:
             raise AccbenchError(f"{rd.samples_path} holds no rows")
         run = Run(path=path, config=config, n_rows=len(run_rows))
-        sig = settings_signature(config)
         for r in run_rows:
             missing = [k for k in ("model", "suite", "method", "sample_id", "n_new", "total_s", "ttft_s",
                                    "forward_passes", "tokens_per_step") if k not in r]
@@ -113,11 +115,12 @@ def load_runs(paths: Iterable[str | Path]) -> RunSet:
             r["device_type"] = r.get("device") or config.get("device") or "cpu"
             r["device"] = device_label(r["device_type"], run.hardware)
             r["run"] = str(path)
-            r["pair_settings"] = sig
+            r["pair_settings"] = settings_signature(config, r)
             rows.append(r)
         runs.append(run)
     if not runs:
         raise AccbenchError("no results folders given")
+    _prefer_own_ar(rows)
     return RunSet(runs=runs, rows=rows)
 
 
@@ -158,11 +161,53 @@ def group_key(row: dict[str, Any], with_device: bool = False) -> tuple:
 
 #: run settings an AR row must share with a method's row to be its pair (the device is in the key)
 PAIR_SETTINGS = ("max_new_tokens", "temperature", "top_p", "seed", "prompt_format", "dtype", "data_file")
+#: of those, the ones a row records as resolved (``dtype`` "float32" where the settings say None = default)
+ROW_SETTINGS = ("dtype", "prompt_format")
+_OWN_AR = " own-ar:"
 
 
-def settings_signature(config: dict[str, Any]) -> str:
+def settings_signature(config: dict[str, Any], row: dict[str, Any] | None = None) -> str:
+    """The run settings that decide which AR rows a row may pair with, as a JSON string: the
+    row's own resolved dtype and prompt format when it records them, else the run's settings,
+    else the config's top level."""
     s = config.get("settings") or {}
-    return json.dumps({k: s.get(k, config.get(k)) for k in PAIR_SETTINGS}, sort_keys=True, default=str)
+    row = row or {}
+    sig = {}
+    for k in PAIR_SETTINGS:
+        v = row.get(k) if k in ROW_SETTINGS else None
+        if v is None:
+            v = s.get(k)
+        if v is None:
+            v = config.get(k)
+        sig[k] = v
+    return json.dumps(sig, sort_keys=True, default=str)
+
+
+def _settings_of(r: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return json.loads(str(r.get("pair_settings") or "{}").split(_OWN_AR)[0])
+    except json.JSONDecodeError:
+        return {}
+
+
+def _prefer_own_ar(rows: list[dict[str, Any]]) -> None:
+    """A method pairs with the AR rows of its own results folder whenever that folder has them;
+    only a folder without them borrows another folder's AR rows, of identical settings on the
+    same device (the first such folder given). Done by making ``pair_settings`` of every folder
+    with its own AR rows, except that first one, unique to the folder."""
+    def base(r):
+        return (r["model"], r["device"], r["suite"], r.get("prompt_length"), r["sample_id"], r.get("pair_settings"))
+
+    donor: dict[tuple, str] = {}
+    has_ar: set[tuple] = set()
+    for r in rows:
+        if r["method"] == BASELINE:
+            donor.setdefault(base(r), r.get("run"))
+            has_ar.add((base(r), r.get("run")))
+    for r in rows:
+        b = base(r)
+        if (b, r.get("run")) in has_ar and donor[b] != r.get("run"):
+            r["pair_settings"] = f"{r['pair_settings']}{_OWN_AR}{r.get('run')}"
 
 
 def pair_key(r: dict[str, Any]) -> tuple:
@@ -179,26 +224,65 @@ def ar_of(row: dict[str, Any], index: dict[tuple, dict[str, Any]]) -> dict[str, 
     return index.get(pair_key(row))
 
 
-def pairing_notes(rows: list[dict[str, Any]]) -> dict[tuple, str]:
-    """Per (model, device, suite): a sentence when a method's speedups pair with AR rows of
-    another results folder, or have no AR with the same settings and device to pair with."""
+def _why_unpaired(r: dict[str, Any], candidates: list[dict[str, Any]]) -> str:
+    """Why no AR row pairs with ``r``: what the AR rows of the same sample differ in."""
+    if not candidates:
+        return "no folder given holds AR rows of these samples"
+    mine, reasons = _settings_of(r), []
+    for run, a in {a.get("run"): a for a in candidates}.items():
+        theirs, diffs = _settings_of(a), []
+        if a["device"] != r["device"]:
+            diffs.append(f"device {a['device']} vs {r['device']}")
+        diffs += [f"{k} {theirs.get(k)} vs {mine.get(k)}" for k in PAIR_SETTINGS if theirs.get(k) != mine.get(k)]
+        reasons.append(f"the AR rows of {run} differ in " + ", ".join(diffs) if diffs else f"AR of {run}")
+    return "; ".join(reasons)
+
+
+def pairing(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, Any]]]:
+    """Per (model, device, suite, prompt length) and method: where its speedups' AR rows come
+    from: ``runs`` (the method's folders), ``same`` (pairs within its folder), ``other``
+    ({folder: pairs}), ``none`` (samples without a compatible AR row) and ``why`` (reasons)."""
     idx = ar_index(rows)
-    used: dict[tuple, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    by_sample: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["method"] == BASELINE:
+            by_sample[(r["model"], r["suite"], r.get("prompt_length"), r["sample_id"])].append(r)
+    out: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
     for r in rows:
         if r["method"] == BASELINE:
             continue
+        key = (r["model"], r["device"], r["suite"], r.get("prompt_length"))
+        p = out[key].setdefault(r["method"], {"runs": set(), "same": 0, "other": defaultdict(int), "none": 0,
+                                              "why": set()})
+        p["runs"].add(r.get("run"))
         a = idx.get(pair_key(r))
-        used[(r["model"], r["device"], r["suite"])][r["method"]].add(
-            "none" if a is None else ("same" if a.get("run") == r.get("run") else a.get("run")))
+        if a is None:
+            p["none"] += 1
+            p["why"].add(_why_unpaired(r, by_sample[(r["model"], r["suite"], r.get("prompt_length"), r["sample_id"])]))
+        elif a.get("run") == r.get("run"):
+            p["same"] += 1
+        else:
+            p["other"][a.get("run")] += 1
+    return dict(out)
+
+
+def pairing_notes(rows: list[dict[str, Any]]) -> dict[tuple, str]:
+    """Per (model, device, suite, prompt length): a sentence when a method's speedups pair with
+    AR rows of another results folder, or have no AR with the same settings and device to pair
+    with (and what the AR rows there differ in)."""
     notes = {}
-    for key, by_method in used.items():
+    for key, by_method in pairing(rows).items():
         parts = []
-        for m, srcs in sorted(by_method.items()):
-            other = sorted(s for s in srcs if s not in ("same", "none"))
-            if other:
-                parts.append(f"{m}'s speedups pair with AR rows of {', '.join(other)} (same settings, same device)")
-            if "none" in srcs:
-                parts.append(f"{m} has samples without an AR row of the same settings and device: no speedup there")
+        for m, p in sorted(by_method.items()):
+            runs = ", ".join(sorted(map(str, p["runs"])))
+            if p["other"]:
+                other = ", ".join(sorted(map(str, p["other"])))
+                parts.append(f"{m} (run {runs}): speedups pair with AR rows of {other} (same settings, same device), "
+                             "timed in a separate run rather than in lockstep")
+            if p["none"]:
+                n = p["none"] + p["same"] + sum(p["other"].values())
+                parts.append(f"{m} (run {runs}): no speedup for {p['none']} of {n} samples: they have no AR row "
+                             f"of the same settings and device ({'; '.join(sorted(p['why']))})")
         if parts:
             notes[key] = "; ".join(parts) + "."
     return notes

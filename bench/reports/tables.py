@@ -117,9 +117,10 @@ def _cells(r, by_cat, show_ttft_sp, drafts, draft_time, pruning, qs, pairs, verd
     n_pairs = r.get("n_pairs", r["n"])
     cells = ([str(r["category"])] if by_cat else []) + [
         str(r["method"]), str(int(r["n"])), _f(r["tokens_per_s"], "{:.1f}"),
-        _interval(r["speedup"], r["speedup_lo"], r["speedup_hi"], n=n_pairs)]
+        "1 (baseline)" if r["method"] == "ar" else _interval(r["speedup"], r["speedup_lo"], r["speedup_hi"], n=n_pairs)]
     if show_ttft_sp:
-        cells.append(_interval(r["ttft_speedup"], r["ttft_speedup_lo"], r["ttft_speedup_hi"], n=n_pairs))
+        cells.append("1 (baseline)" if r["method"] == "ar" else
+                     _interval(r["ttft_speedup"], r["ttft_speedup_lo"], r["ttft_speedup_hi"], n=n_pairs))
     cells += [_ms(r, "ttft"), _ms(r, "tpot"), _f(r["tau"])]
     if drafts:
         cells += [_shape(r), _acceptance(r.get("acceptance")), _acceptance(r.get("acceptance_cond"))]
