@@ -10,8 +10,9 @@ Changes are paired by sample: for each sample present in both runs,
 
 A metric's verdict is *better* or *worse* only when its BCa interval (accbench.reports.stats)
 excludes no change and the change is at least ``min_change`` (relative, for speed and TTFT);
-otherwise *within noise*. With fewer than ``stats.MIN_N`` shared samples there is no interval
-and the row says *too few samples*.
+otherwise *within noise*. With fewer than ``stats.MIN_N`` shared samples there is no interval:
+the metric and the row say *too few samples*. ``*_text`` fields hold each change as printed
+(``stats.Interval.fmt``: "+3.1% [+0.4%, +5.9%]" or "+3.1%, n too small (n=2)").
 The row's verdict: worse if any metric is worse and none better, better if the reverse,
 mixed if both, within noise otherwise.
 """
@@ -34,7 +35,7 @@ from accbench.reports.runsets import (
     sample_speedup,
     sample_tau,
 )
-from accbench.reports.stats import MIN_N, bootstrap_stat
+from accbench.reports.stats import MIN_N, TOO_FEW, Interval, bootstrap
 
 SAME = "within noise"
 
@@ -58,12 +59,15 @@ def _mean(values) -> float:
     return float(np.mean(v)) if v else float("nan")
 
 
-def _verdict(lo: float, hi: float, value: float, threshold: float, higher_better: bool) -> str:
-    if not (finite(lo) and finite(hi) and finite(value)):
+def _verdict(iv: Interval, threshold: float, higher_better: bool) -> str:
+    """better/worse when the interval excludes zero and the change reaches ``threshold``."""
+    if iv.n == 0 or not finite(iv.value):
         return SAME
-    if lo > 0 and value >= threshold:
+    if iv.n < MIN_N:
+        return TOO_FEW
+    if iv.above_zero and iv.value >= threshold:
         return "better" if higher_better else "worse"
-    if hi < 0 and value <= -threshold:
+    if iv.below_zero and iv.value <= -threshold:
         return "worse" if higher_better else "better"
     return SAME
 
@@ -90,16 +94,15 @@ def compare(a: RunSet, b: RunSet, *, min_change: float = 0.05, level: float = 0.
         sa = [speed(r, ia) for r in ra]
         sb = [speed(r, ib) for r in rb]
         logs = [math.log(y / x) for x, y in zip(sa, sb) if finite(x) and finite(y) and x > 0 and y > 0]
-        m, lo, hi = bootstrap_stat(logs, np.median, level=level)
-        speed_v = _verdict(lo, hi, m, math.log1p(min_change), True)
-        tau_d = [sample_tau(y) - sample_tau(x) for x, y in zip(ra, rb)]
-        t, tlo, thi = bootstrap_stat(tau_d, np.mean, level=level)
-        tau_v = _verdict(tlo, thi, t, 1e-9, True) if method != BASELINE else SAME
+        sp = bootstrap(logs, np.median, level=level)
+        speed_v = _verdict(sp, math.log1p(min_change), True)
+        tau = bootstrap([sample_tau(y) - sample_tau(x) for x, y in zip(ra, rb)], np.mean, level=level)
+        tau_v = _verdict(tau, 1e-9, True) if method != BASELINE else SAME
         tt = [math.log(y["ttft_s"] / x["ttft_s"]) for x, y in zip(ra, rb) if x["ttft_s"] > 0 and y["ttft_s"] > 0]
-        tm, tmlo, tmhi = bootstrap_stat(tt, np.median, level=level)
-        ttft_v = _verdict(tmlo, tmhi, tm, math.log1p(min_change), False)
+        ttft = bootstrap(tt, np.median, level=level)
+        ttft_v = _verdict(ttft, math.log1p(min_change), False)
         metric = primary_quality(ra + rb)
-        q = qlo = qhi = float("nan")
+        qual = Interval(float("nan"), float("nan"), float("nan"), 0)
         q_v = SAME
         qa_mean = qb_mean = float("nan")
         if metric:
@@ -107,15 +110,17 @@ def compare(a: RunSet, b: RunSet, *, min_change: float = 0.05, level: float = 0.
             pairs = [((x.get("quality") or {}).get(metric), (y.get("quality") or {}).get(metric)) for x, y in zip(ra, rb)]
             pairs = [(x, y) for x, y in pairs if finite(x) and finite(y)]
             if pairs:
-                q, qlo, qhi = bootstrap_stat([(y - x) * scale for x, y in pairs], np.mean, level=level)
+                qual = bootstrap([(y - x) * scale for x, y in pairs], np.mean, level=level)
                 qa_mean = float(np.mean([x for x, _ in pairs])) * scale
                 qb_mean = float(np.mean([y for _, y in pairs])) * scale
-                q_v = _verdict(qlo, qhi, q, 1e-9, True)
+                q_v = _verdict(qual, 1e-9, True)
+        # speed and TTFT as relative changes (exp of the median log ratio, minus 1)
+        sp_rel, ttft_rel = sp.map(math.expm1), ttft.map(math.expm1)
         verdicts = {"speed": speed_v, "tau": tau_v, "ttft": ttft_v, "quality": q_v}
         worse = [k for k, v in verdicts.items() if v == "worse"]
         better = [k for k, v in verdicts.items() if v == "better"]
         if len(ids) < MIN_N:
-            verdict = f"too few samples (n={len(ids)} < {MIN_N})"
+            verdict = f"{TOO_FEW} (n={len(ids)} < {MIN_N})"
         elif worse and better:
             verdict = f"mixed (worse: {', '.join(worse)}; better: {', '.join(better)})"
         elif worse:
@@ -129,17 +134,17 @@ def compare(a: RunSet, b: RunSet, *, min_change: float = 0.05, level: float = 0.
             "speed_metric": "tokens/s" if method == BASELINE else "speedup vs AR",
             "speed_a": float(np.median([v for v in sa if finite(v)])) if any(finite(v) for v in sa) else float("nan"),
             "speed_b": float(np.median([v for v in sb if finite(v)])) if any(finite(v) for v in sb) else float("nan"),
-            "speed_change": math.expm1(m) if finite(m) else float("nan"),
-            "speed_lo": math.expm1(lo) if finite(lo) else float("nan"),
-            "speed_hi": math.expm1(hi) if finite(hi) else float("nan"),
+            "speed_change": sp_rel.value, "speed_lo": sp_rel.lo, "speed_hi": sp_rel.hi,
+            "speed_text": sp_rel.fmt(suffix="", spec="+.1%"),
             "tau_a": _mean([sample_tau(r) for r in ra]) if method != BASELINE else 1.0,
             "tau_b": _mean([sample_tau(r) for r in rb]) if method != BASELINE else 1.0,
-            "tau_change": t, "tau_lo": tlo, "tau_hi": thi,
-            "ttft_change": math.expm1(tm) if finite(tm) else float("nan"),
-            "ttft_lo": math.expm1(tmlo) if finite(tmlo) else float("nan"),
-            "ttft_hi": math.expm1(tmhi) if finite(tmhi) else float("nan"),
+            "tau_change": tau.value, "tau_lo": tau.lo, "tau_hi": tau.hi,
+            "tau_text": tau.fmt(3, "", signed=True),
+            "ttft_change": ttft_rel.value, "ttft_lo": ttft_rel.lo, "ttft_hi": ttft_rel.hi,
+            "ttft_text": ttft_rel.fmt(suffix="", spec="+.1%"),
             "quality_metric": metric, "quality_a": qa_mean, "quality_b": qb_mean,
-            "quality_change": q, "quality_lo": qlo, "quality_hi": qhi,
+            "quality_change": qual.value, "quality_lo": qual.lo, "quality_hi": qual.hi,
+            "quality_text": qual.fmt(2, " pp", signed=True),
             "verdicts": verdicts, "verdict": verdict,
         })
     return out

@@ -3,11 +3,15 @@
 * Intervals are BCa bootstrap intervals (``scipy.stats.bootstrap``, 95%, fixed seed) over
   *paired* per-sample values: a speedup is the median of per-sample AR/method ratios, a
   quality delta the mean of per-sample (method - AR) differences.
-* Below :data:`MIN_N` values there is no interval: the value is shown with "n too small".
-  A bootstrap over one to four values only resamples those values; it is not an interval.
+* Below :data:`MIN_N` values there is no interval: the value is shown with "n too small (n=K)"
+  (:meth:`Interval.fmt`, used by every table, ``compare`` and ``check``). A bootstrap over one to
+  four values only resamples those values; it is not an interval. All-equal values (where BCa is
+  undefined) give the value as both bounds.
 * pass@1 against AR: the paired 2x2 table (both pass, only AR, only the method, neither),
   the exact McNemar test (a two-sided binomial test on the discordant pairs) and a BCa
-  interval on the mean per-sample difference.
+  bootstrap interval on the mean per-sample difference (method - AR, each -1, 0 or +1; the
+  paired analogue of a difference of proportions, resampling problems rather than using a
+  Newcombe/Tango score interval).
 * A quality verdict: "too few samples" below MIN_N pairs; "loss" / "gain" when the interval of
   the delta lies wholly below / above zero (for pass@1 the McNemar test must agree, p < 0.05);
   "no measurable loss" otherwise.
@@ -29,10 +33,19 @@ LEVEL = 0.95
 RESAMPLES = 2000
 TOO_FEW = "too few samples"
 NO_LOSS = "no measurable loss"
+LOSS = "loss"
+GAIN = "gain"
+
+
+def too_small(n: int) -> str:
+    """Why a value has no interval: fewer than :data:`MIN_N` paired values."""
+    return f"n too small (n={int(n)})"
 
 
 @dataclass
 class Interval:
+    """A statistic of ``n`` paired values with its 95% interval (``lo``/``hi`` NaN: none)."""
+
     value: float
     lo: float
     hi: float
@@ -42,14 +55,49 @@ class Interval:
     def has_interval(self) -> bool:
         return self.n >= MIN_N and math.isfinite(self.lo) and math.isfinite(self.hi)
 
-    def fmt(self, digits: int = 2, suffix: str = "x", signed: bool = False) -> str:
+    @property
+    def below_zero(self) -> bool:
+        """The interval lies wholly below zero (never true without an interval)."""
+        return self.has_interval and self.hi < 0
+
+    @property
+    def above_zero(self) -> bool:
+        return self.has_interval and self.lo > 0
+
+    def fmt(self, digits: int = 2, suffix: str = "x", signed: bool = False, spec: str | None = None,
+            bound_spec: str | None = None, sep: str | None = None) -> str:
+        """Every printed interval: "1.70x [1.52, 1.91]"; below MIN_N values "1.70x, n too small (n=2)";
+        "-" without a value. ``spec`` (a format spec such as "+.1%") overrides ``digits``/``signed``;
+        ``bound_spec`` formats the bounds (default: as the value); ``sep`` (e.g. a newline) goes
+        between the value and its interval or note."""
         if self.n == 0 or not math.isfinite(self.value):
             return "-"
-        f = f"{{:{'+' if signed else ''}.{digits}f}}"
-        v = f.format(self.value) + suffix
-        if not self.has_interval:
-            return f"{v} (n too small: {self.n})" if self.n < MIN_N else v
-        return f"{v} [{f.format(self.lo)}, {f.format(self.hi)}]"
+        spec = spec or f"{'+' if signed else ''}.{digits}f"
+        b = bound_spec or spec
+        v = format(self.value, spec) + suffix
+        if self.has_interval:
+            return f"{v}{' ' if sep is None else sep}[{format(self.lo, b)}, {format(self.hi, b)}]"
+        return f"{v}{', ' if sep is None else sep}{too_small(self.n)}" if self.n < MIN_N else v
+
+    def map(self, f: Callable[[float], float]) -> "Interval":
+        """The interval of a monotone increasing transform (e.g. exp of a log ratio)."""
+        def g(x):
+            return f(x) if math.isfinite(x) else float("nan")
+
+        return Interval(g(self.value), g(self.lo), g(self.hi), self.n)
+
+
+def interval_of(value, lo, hi, n) -> Interval:
+    """An :class:`Interval` from summary/compare columns (NaN or None where absent)."""
+    def fl(x):
+        try:
+            x = float(x)
+        except (TypeError, ValueError):
+            return float("nan")
+        return x
+
+    n = fl(n)
+    return Interval(fl(value), fl(lo), fl(hi), int(n) if math.isfinite(n) else MIN_N)
 
 
 def finite_values(values: Iterable[Any]) -> np.ndarray:
@@ -76,11 +124,11 @@ def bootstrap(values: Iterable[Any], stat: Callable = np.median, *, level: float
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # BCa warns (and gives NaN) on degenerate resamples
         res = sps.bootstrap((x,), lambda s, axis=-1: stat(s, axis=axis), method="BCa", confidence_level=level,
-                            n_resamples=n_resamples, random_state=rng, vectorized=True)
+                            n_resamples=n_resamples, rng=rng, vectorized=True)
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
         if not (math.isfinite(lo) and math.isfinite(hi)):  # e.g. a median whose jackknife is constant
             res = sps.bootstrap((x,), lambda s, axis=-1: stat(s, axis=axis), method="percentile",
-                                confidence_level=level, n_resamples=n_resamples, random_state=rng, vectorized=True)
+                                confidence_level=level, n_resamples=n_resamples, rng=rng, vectorized=True)
             lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return Interval(value, min(lo, value), max(hi, value), n)
 
@@ -93,6 +141,14 @@ def bootstrap_mean(values, **kw) -> Interval:
     return bootstrap(values, np.mean, **kw)
 
 
+def paired_difference(pairs: Iterable[tuple[Any, Any]], stat: Callable = np.mean, scale: float = 1.0,
+                      **kw) -> Interval:
+    """``stat`` of ``scale * (b - a)`` over the pairs (a, b) where both are finite, with its BCa interval."""
+    diffs = [scale * (float(b) - float(a)) for a, b in pairs
+             if len(finite_values([a, b])) == 2]
+    return bootstrap(diffs, stat, **kw)
+
+
 def bootstrap_stat(values, stat=np.mean, *, level: float = LEVEL, seed: int = 0) -> tuple[float, float, float]:
     """(statistic, lo, hi) of :func:`bootstrap`; lo/hi NaN below MIN_N."""
     iv = bootstrap(values, stat, level=level, seed=seed)
@@ -100,7 +156,8 @@ def bootstrap_stat(values, stat=np.mean, *, level: float = LEVEL, seed: int = 0)
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant counts (1.0 when there are none)."""
+    """Two-sided exact McNemar p-value from the discordant counts: ``scipy.stats.binomtest`` of
+    ``only_b`` successes in ``only_a + only_b`` trials at p = 1/2 (1.0 when there are none)."""
     n = only_a + only_b
     if n == 0:
         return 1.0
@@ -122,6 +179,20 @@ class PassTable:
     def n(self) -> int:
         return self.both + self.only_ar + self.only_method + self.neither
 
+    def counts(self) -> str:
+        """"both/only AR/only method/neither"."""
+        return f"{self.both}/{self.only_ar}/{self.only_method}/{self.neither}"
+
+    def fmt(self) -> str:
+        """"+5.0 pp [-3, +13], McNemar p=0.62" (no interval below MIN_N problems)."""
+        return f"{self.delta.fmt(1, ' pp', signed=True, bound_spec='+.0f')}, McNemar p={fmt_p(self.p_value)}"
+
+
+def fmt_p(p: float) -> str:
+    if p is None or not math.isfinite(p):
+        return "-"
+    return f"{p:.2f}" if p >= 0.01 else f"{p:.3f}" if p >= 0.001 else "<0.001"
+
 
 def pass_table(pairs: Iterable[tuple[float, float]]) -> PassTable:
     """``pairs``: (AR passed, method passed) per problem, as 0/1."""
@@ -135,16 +206,16 @@ def pass_table(pairs: Iterable[tuple[float, float]]) -> PassTable:
 
 
 def quality_verdict(delta: Interval, p_value: float | None = None, alpha: float = 0.05) -> str:
-    """What a paired quality delta (method - AR, higher is better) says."""
+    """What a paired quality delta (method - AR, higher is better) says: "too few samples" below
+    MIN_N pairs; "loss" ("gain") when its interval lies wholly below (above) zero and, where a
+    ``p_value`` is given (pass@1's exact McNemar test), p < ``alpha``; "no measurable loss" otherwise."""
     if delta.n < MIN_N:
         return TOO_FEW
-    if not delta.has_interval:
-        return NO_LOSS
     test_agrees = p_value is None or p_value < alpha
-    if delta.hi < 0 and test_agrees:
-        return "loss"
-    if delta.lo > 0 and test_agrees:
-        return "gain"
+    if delta.below_zero and test_agrees:
+        return LOSS
+    if delta.above_zero and test_agrees:
+        return GAIN
     return NO_LOSS
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from accbench.reports.stats import (
     MIN_N,
-    bootstrap_mean,
     bootstrap_median,
+    paired_difference,
     paired_ratio,
     pass_table,
     percentiles,
@@ -32,10 +32,22 @@ ALL = "all"
 BINARY = ("pass@1",)
 
 
-def _pair_key(row: dict[str, Any]) -> tuple:
-    """A row and its AR row share this (``pair_settings``: rows merged from several results
-    folders pair only with an AR run of identical settings)."""
-    return tuple(row.get(k) for k in GROUP) + (row.get("sample_id"), row.get("pair_settings"))
+class _Baseline:
+    """A row's baseline (AR) row on the same sample, by :mod:`accbench.reports.runsets`' pairing
+    rule (rows merged from several results folders pair only with AR rows of identical settings)."""
+
+    def __init__(self, rows: list[dict[str, Any]], baseline: str):
+        from accbench.reports import runsets
+
+        if baseline == runsets.BASELINE:
+            self._index = runsets.ar_index(rows)
+            self._of = runsets.ar_of
+        else:
+            self._index = {runsets.pair_key(r): r for r in rows if r.get("method") == baseline}
+            self._of = lambda r, idx: idx.get(runsets.pair_key(r))
+
+    def get(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        return self._of(row, self._index)
 
 
 def _finite(v) -> bool:
@@ -72,7 +84,7 @@ def _acceptance(rs: list[dict[str, Any]]) -> tuple[str, str]:
 def _speed(rs, ar_by_key) -> dict[str, Any]:
     ratios, ttft_ratios, ar_tot, m_tot = [], [], 0.0, 0.0
     for r in rs:
-        a = ar_by_key.get(_pair_key(r))
+        a = ar_by_key.get(r)
         if a is None:
             continue
         ratios.append(paired_ratio(a["total_s"], a["n_new"], r["total_s"], r["n_new"]))
@@ -149,8 +161,8 @@ def _quality(rs, ar_by_key, is_baseline: bool) -> dict[str, Any]:
     for m in metrics:
         pairs = []
         for r in rs:
-            a = ar_by_key.get(_pair_key(r))
-            x, y = (a or {}).get("quality", {}).get(m), (r.get("quality") or {}).get(m)
+            a = ar_by_key.get(r)
+            x, y = ((a or {}).get("quality") or {}).get(m), (r.get("quality") or {}).get(m)
             if a is not None and _finite(x) and _finite(y):
                 pairs.append((float(x), float(y)))
         if m in BINARY:
@@ -159,7 +171,7 @@ def _quality(rs, ar_by_key, is_baseline: bool) -> dict[str, Any]:
             out.update({"pass_both": t.both, "pass_only_ar": t.only_ar, "pass_only_method": t.only_method,
                         "pass_neither": t.neither, "mcnemar_p": p})
         else:
-            iv, p = bootstrap_mean([y - x for x, y in pairs]), None
+            iv, p = paired_difference(pairs), None
         out.update({f"d_{m}": iv.value, f"d_{m}_lo": iv.lo, f"d_{m}_hi": iv.hi})
         if m == headline:
             out["quality_n"] = iv.n
@@ -203,7 +215,7 @@ def _line(key, rs, ar_by_key, baseline: str) -> dict[str, Any]:
 
 def summarize(rows: list[dict[str, Any]], baseline: str = "ar") -> pd.DataFrame:
     """One line per (model, device, suite, prompt_length, category, method)."""
-    ar_by_key = {_pair_key(r): r for r in rows if r.get("method") == baseline}
+    ar_by_key = _Baseline(rows, baseline)
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         base = tuple(r.get(k) for k in GROUP)
