@@ -19,7 +19,7 @@ BASELINE = "ar"
 HEADERS = {TAU: "mean\naccepted\ntokens\n(tau)", "match AR": "match\nAR", "tok/s": "tok/s",
            "TTFT ms p50/p90": "TTFT ms\np50/p90", "TPOT ms p50/p90": "TPOT ms\np50/p90",
            "speedup vs AR [95% CI]": "speedup\nvs AR\n[95% CI]", "TTFT speedup [95% CI]": "TTFT\nspeedup\n[95% CI]",
-           "draft time": "draft\ntime", "method (draft)": "method\n(draft)"}
+           "method (draft)": "method\n(draft)"}
 #: columns that wrap (with their narrowest width); every other column keeps its cells on their lines
 WRAPS = {"accept/pos (2nd line: given prev)": 14, "quality (change vs AR [95% CI])": 17, "quality vs AR": 13}
 
