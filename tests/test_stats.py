@@ -13,7 +13,7 @@ from scipy.stats import binom
 def test_no_interval_below_min_n(n):
     iv = stats.bootstrap_median([1.7, 1.9, 1.2, 1.4][:n])
     assert math.isnan(iv.lo) and math.isnan(iv.hi) and not iv.has_interval
-    assert iv.fmt().endswith(f"(n too small: {n})") and "[" not in iv.fmt()
+    assert iv.fmt().endswith(f"n too small (n={n})") and "[" not in iv.fmt()
 
 
 def test_interval_from_min_n_on():
