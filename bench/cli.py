@@ -125,6 +125,10 @@ def main() -> None:
 @click.option("--prompt-lengths", default=None, metavar="N,N,...",
               help="Sweep axis: cut (middle truncation) or pack (other samples' text in front) every prompt "
                    "to each of these token counts, e.g. 512,1024,2048,4096.")
+@click.option("--truncate", type=click.Choice(["none", "middle"]), default="none", show_default=True,
+              help="A prompt longer than the model's context minus the generation budget: none stops with an "
+                   "error naming it before any model loads; middle keeps its first and last halves (LongBench's "
+                   "truncation), recorded in the row's prompt_truncated_from.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Results folder (default: results/<first model>-<suites>). Rerunning resumes.")
 @click.option("--overwrite", is_flag=True, help="Discard an existing results folder with other settings.")
@@ -153,7 +157,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True,
               help="Print the summary as JSON on stdout (progress and tables go to stderr), for scripts.")
 def run(methods, models, suites, limit, max_new_tokens, seed, temperature, top_p, dtype, device, repeats,
-        warmup, prompt_format, data_dir, data_file, options, help_options, prompt_lengths, out, overwrite,
+        warmup, prompt_format, data_dir, data_file, options, help_options, prompt_lengths, truncate, out, overwrite,
         train_missing, executor, address, ray_resources, ray_cpus, retries, device_label, device_map,
         as_json) -> None:
     """Run a sweep: methods x models x suites. Writes config.json, samples.jsonl and
@@ -177,7 +181,7 @@ def run(methods, models, suites, limit, max_new_tokens, seed, temperature, top_p
         max_new_tokens=max_new_tokens, seed=seed, dtype=dtype, device=device, repeats=repeats, warmup=warmup,
         temperature=temperature, top_p=top_p, prompt_format=prompt_format, data_dir=data_dir,
         data_file=data_file, method_options=parse_method_options(options),
-        prompt_lengths=_int_list(prompt_lengths, "--prompt-lengths"), train_missing=train_missing,
+        prompt_lengths=_int_list(prompt_lengths, "--prompt-lengths"), truncate=truncate, train_missing=train_missing,
         executor=executor, address=address, ray_resources=_json_object(ray_resources, "--ray-resources"),
         ray_cpus=ray_cpus, retries=retries, device_label=device_label, device_map=device_map,
     )
@@ -188,8 +192,7 @@ def run(methods, models, suites, limit, max_new_tokens, seed, temperature, top_p
         console.print(f"[yellow]Interrupted.[/yellow] {n} rows are saved in {out_path}; "
                       "rerun the same command to resume.")
         sys.exit(130)
-    frame = summarize(results.load_rows())
-    results.write_summary_csv(frame)
+    frame = results.frame if results.frame is not None else summarize(results.load_rows(repair=False))
     for t in summary_tables(frame):
         console.print(t)
     console.print(f"[dim]rows: {results.samples_path}  summary: {results.summary_path}[/dim]")

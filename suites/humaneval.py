@@ -45,6 +45,8 @@ class HumanEvalSuite(Suite):
     max_new_tokens: int = 512
     prompt_format: ClassVar[str] = "raw"  # a continuation of the function's signature and docstring
     metrics: ClassVar[list[str]] = ["pass@1"]
+    #: scored by running generated code (in accbench.suites.sandbox)
+    sandboxed: ClassVar[bool] = True
 
     def __init__(self, *, data_dir: str | os.PathLike[str] | None = None, workers: int = 2) -> None:
         self.stop = list(STOP)

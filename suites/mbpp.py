@@ -80,21 +80,17 @@ def build_program(generation: str, test_list: list[str], test_setup_code: str = 
     return code + "\n" + tests
 
 
-_DRIVER = """import sys
-_program = {program!r}
-try:
-    exec(compile(_program, "<mbpp program>", "exec"), {{}})
-except SystemExit as e:
-    sys.stderr.write(f"SystemExit({{e.code!r}}) raised: a failure, as in HF code_eval\\n")
-    sys.exit(1)
+_DRIVER = """_program = {program!r}
+exec(compile(_program, "<mbpp program>", "exec"), {{}})
 """
 
 
 def sandbox_source(program: str) -> str:
     """What the sandbox runs: ``program`` executed the way HF code_eval executes it,
     ``exec(program, {})`` with any exception failing it. So ``sys.exit(0)`` before the
-    asserts fails (code_eval catches BaseException) and ``if __name__ == "__main__":``
-    blocks do not run (``__name__`` resolves to ``"builtins"`` there)."""
+    asserts fails (code_eval catches BaseException; the sandbox counts a run as passed only
+    when its own code, after this returns, sends the run's verdict) and
+    ``if __name__ == "__main__":`` blocks do not run (``__name__`` resolves to ``"builtins"``)."""
     return _DRIVER.format(program=program)
 
 
@@ -128,6 +124,8 @@ class MBPPSuite(Suite):
     #: lm-eval's default max_gen_toks for generate_until tasks
     max_new_tokens: int = 256
     metrics: ClassVar[list[str]] = ["pass@1"]
+    #: scored by running generated code (in accbench.suites.sandbox)
+    sandboxed: ClassVar[bool] = True
     #: lm-eval's mbpp task sends the few-shot text as is (no chat template)
     prompt_format: ClassVar[str] = "raw"
     data_relpath: ClassVar[str] = data.MBPP

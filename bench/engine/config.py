@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from accbench.engine.prompts import TRUNCATE
 from accbench.errors import AccbenchError
 from accbench.methods.core.options import NoOptions, OptionError, describe, parse_options
 
@@ -36,6 +37,7 @@ class SweepConfig:
     #: the parsed, typed values
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     prompt_lengths: list[int] | None = None  # sweep axis: cut/pack every prompt to these token counts
+    truncate: str = "none"  # a prompt too long for the context minus the budget: "none" (an error) | "middle"
     train_missing: bool = False  # train a method's missing artifacts instead of stopping
     # How the groups (model x device x suite x prompt length) run; none of these is a setting
     # (they do not change what a row means). See accbench.engine.driver.
@@ -54,6 +56,8 @@ class SweepConfig:
             "repeats": self.repeats, "temperature": self.temperature, "top_p": self.top_p,
             "prompt_format": self.prompt_format, "data_file": self.data_file,
             "method_options": self.method_options,
+            # only when set: folders from before --truncate existed resume unchanged
+            **({"truncate": self.truncate} if self.truncate != "none" else {}),
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -94,8 +98,14 @@ def validate(cfg: SweepConfig) -> None:
         raise AccbenchError(f"--limit must be a positive number of samples, got {cfg.limit}")
     if cfg.max_new_tokens is not None and cfg.max_new_tokens <= 0:
         raise AccbenchError(f"--max-new-tokens must be positive, got {cfg.max_new_tokens}")
-    if cfg.repeats <= 0:
-        raise AccbenchError(f"--repeats must be positive, got {cfg.repeats}")
+    if cfg.repeats < 1:
+        raise AccbenchError(f"--repeats must be at least 1, got {cfg.repeats}")
+    if not cfg.temperature >= 0:
+        raise AccbenchError(f"--temperature cannot be negative, got {cfg.temperature}")
+    if not 0 < cfg.top_p <= 1:
+        raise AccbenchError(f"--top-p must be in (0, 1], got {cfg.top_p}")
+    if cfg.truncate not in TRUNCATE:
+        raise AccbenchError(f"--truncate must be {' or '.join(TRUNCATE)}, got {cfg.truncate!r}")
     if cfg.warmup < 0:
         raise AccbenchError(f"--warmup cannot be negative, got {cfg.warmup}")
     for n in cfg.prompt_lengths or []:

@@ -15,7 +15,6 @@ exact-match-vs-AR fields and records failures in ``failed.jsonl``:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -99,8 +98,7 @@ class Driver:
         sids = [rec["sample_id"]] if rec["sample_id"] is not None else rec.get("sample_ids", [])
         self.failed_pairs.update(group.key(s, rec["method"]) for s in sids)
         self.failed.append(rec)
-        with open(self.results.path / "failed.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec, default=str) + "\n")
+        self.results.append_failure(rec)
         what = f"sample {rec['sample_id']}" if rec["sample_id"] is not None else f"{len(sids)} sample(s)"
         self.progress.message(f"{group.label}/{rec['method']} failed on {what} ({rec['phase']}): {rec['error']}")
 
@@ -165,8 +163,9 @@ def run_sweep(cfg: SweepConfig, progress: NullProgress | None = None, overwrite:
     progress = progress or NullProgress()
     validate(cfg)
     worker_device, dev_key = device_key(cfg)
-    suite_samples = {s: list(suite_registry.build(s, data_dir=cfg.data_dir, data_file=cfg.data_file)
-                             .samples(limit=cfg.limit)) for s in cfg.suites}
+    suites = {s: suite_registry.build(s, data_dir=cfg.data_dir, data_file=cfg.data_file) for s in cfg.suites}
+    suite_samples = {s: list(suite.samples(limit=cfg.limit)) for s, suite in suites.items()}
+    check_prompts(cfg, suites, suite_samples)
     dtype = str(resolve_dtype(cfg.dtype, torch.device(worker_device.split(":")[0]))).replace("torch.", "")
     results = ResultsDir(cfg.out)
     config = {
@@ -177,7 +176,12 @@ def run_sweep(cfg: SweepConfig, progress: NullProgress | None = None, overwrite:
     }
     if cfg.executor == "ray":
         config.update(ray_address=cfg.address, ray_resources=cfg.ray_resources, ray_cpus=cfg.ray_cpus)
+    sandbox = sandbox_layers(suites)
+    if sandbox is not None:
+        config["sandbox"] = sandbox
     results.prepare(config, cfg.settings(), overwrite=overwrite)
+    if sandbox is not None:
+        progress.message(sandbox_text(sandbox))
     driver = Driver(cfg, progress, results, results.load_rows())
     groups = plan_groups(cfg, suite_samples, dev_key, driver.done)
     total = sum(len(v) for v in suite_samples.values()) * len(ordered_methods(cfg.methods)) * len(cfg.models) \
@@ -195,10 +199,52 @@ def run_sweep(cfg: SweepConfig, progress: NullProgress | None = None, overwrite:
         else:
             _run_ray(groups, driver, base, cfg)
         driver.finish()
+        from accbench.reports.summary import summarize
+
+        results.frame = summarize(results.load_rows(repair=False))
+        results.write_summary_csv(results.frame)  # still under the lock
     finally:
         results.close()
         progress.stop()
     return results
+
+
+def sandbox_layers(suites: dict[str, Any]) -> dict[str, Any] | None:
+    """The code sandbox's active layers on this machine (once per run), when a suite runs code."""
+    if not any(getattr(s, "sandboxed", False) for s in suites.values()):
+        return None
+    from accbench.suites.sandbox import describe_layers
+
+    return dict(describe_layers())
+
+
+def sandbox_text(layers: dict[str, Any]) -> str:
+    text = f"sandbox ({layers['mode']}): " + ", ".join(layers["active"])
+    if layers["missing"]:
+        text += "; not available here: " + ", ".join(layers["missing"])
+    if not layers["ok"]:
+        text += f"; WARNING: a trivial program did not pass ({layers.get('error', '').strip()[-200:]})"
+    return text
+
+
+def check_prompts(cfg: SweepConfig, suites: dict[str, Any], suite_samples: dict[str, list]) -> None:
+    """Before the folder is touched or any weights load: every prompt (with each model's
+    tokenizer) fits the model's context minus the generation budget, or ``--truncate middle``
+    is given; every --prompt-lengths value fits whatever --truncate says."""
+    from accbench.engine.prompts import PromptBuilder, prompt_room, tokenizer_and_context
+
+    for model in cfg.models:
+        tokenizer, context = tokenizer_and_context(model)
+        if tokenizer is None or context is None:
+            continue  # known only once loaded: the group checks
+        for name, suite in suites.items():
+            room, why = prompt_room(model, context, cfg.max_new_tokens or suite.max_new_tokens)
+            for plen in cfg.prompt_lengths or [None]:
+                if plen is not None and plen > room:
+                    raise AccbenchError(f"--prompt-lengths {plen} does not fit suite {name}: at most {room} "
+                                        f"prompt tokens fit ({why})")
+                PromptBuilder(tokenizer, suite, suite_samples[name], cfg.prompt_format, plen, max_tokens=room,
+                              truncate=cfg.truncate, why=why).check_all(suite_samples[name])
 
 
 def _payload(base: dict[str, Any], group: Group, work: Work, texts: dict | None = None) -> dict[str, Any]:

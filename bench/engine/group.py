@@ -40,7 +40,7 @@ from accbench.engine.pairing import (
     memory_scope,
     record_fields,
 )
-from accbench.engine.prompts import PromptBuilder
+from accbench.engine.prompts import PromptBuilder, context_length, prompt_room
 from accbench.errors import AccbenchError, NeedsTraining
 
 Message = tuple[str, Any]
@@ -179,9 +179,11 @@ def group_messages(payload: dict[str, Any], beacon: MutableSequence[int], *, cat
                         device_map=cfg.device_map)
     for m in msgs:
         yield "msg", m
-    prompts = PromptBuilder(loaded.tokenizer, suite, samples, cfg.prompt_format, group.prompt_length)
-    by_id = {s.id: s for s in samples}
     budget = cfg.max_new_tokens or suite.max_new_tokens
+    room, why = prompt_room(group.model, context_length(loaded.model.config), budget)
+    prompts = PromptBuilder(loaded.tokenizer, suite, samples, cfg.prompt_format, group.prompt_length,
+                            max_tokens=room, truncate=cfg.truncate, why=why)
+    by_id = {s.id: s for s in samples}
     stopper = StopChecker(loaded.tokenizer, suite.stop, eos_ids_of(loaded.tokenizer, loaded.model))
     first_ids = prompts.ids(_opening(by_id[work.todo[0][0]], by_id))  # warm-up prompt: no answers needed
     decoders: dict[str, Any] = {}
@@ -197,11 +199,19 @@ def group_messages(payload: dict[str, Any], beacon: MutableSequence[int], *, cat
         if not sides:
             continue
         sample = by_id[sid]
-        ids = prompts.ids(sample, talk.history(sample))
+        try:  # a later turn, built on longer answers than checked before the sweep, may not fit
+            ids = prompts.ids(sample, talk.history(sample))
+        except AccbenchError as e:
+            if not catch:
+                raise
+            for s in sides:
+                yield "failed", failure(s.method, sid, DECODE, e.message)
+            continue
         measure_together(sides, ids, budget, stopper, repeats=cfg.repeats, seed=sample_seed(cfg.seed, sid),
                          device=device, beacon=beacon, catch=catch)
         beacon[PHASE] = SCORE
         meta = {**group.as_dict(), "sample_id": sid, "dtype": dtype, "prompt_tokens": len(ids),
+                "prompt_truncated_from": prompts.truncated.get(sid),
                 "prompt_format": prompts.format, "pairing": "lockstep" if len(sides) > 1 else "alone",
                 "peak_mem_scope": memory_scope(device),
                 **{k: (sample.meta or {}).get(k) for k in ROW_FIELDS}}

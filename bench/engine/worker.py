@@ -79,6 +79,9 @@ def _worker_main(conn, beacon, payload: dict[str, Any]) -> None:  # pragma: no c
     """A worker process: stream one group's messages over ``conn``. An exception that escapes
     the group (the model does not load...) is sent as ``("crash", ...)``."""
     _die_with_parent()
+    from accbench.suites.sandbox import cleanup_on_signals
+
+    cleanup_on_signals()  # SIGTERM while scoring: no sandboxed child or directory is left behind
     try:
         prepare_process(payload)
         for msg in group_messages(payload, beacon):

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-from accbench.engine.results import ResultsDir
+from accbench.engine.results import ResultsDir, dedupe_rows
 from accbench.errors import AccbenchError
 from accbench.reports.stats import paired_ratio
 
@@ -102,15 +102,13 @@ def load_runs(paths: Iterable[str | Path]) -> RunSet:
             config = json.loads(rd.config_path.read_text()) if rd.config_path.exists() else {}
         except (OSError, json.JSONDecodeError):
             raise AccbenchError(f"{rd.config_path} is not valid JSON") from None
-        run_rows = rd.load_rows(repair=False)
+        if not isinstance(config, dict):
+            raise AccbenchError(f"{rd.config_path} is not a JSON object")
+        run_rows = dedupe_rows(rd.load_rows(repair=False), str(rd.samples_path))  # every row checked
         if not run_rows:
             raise AccbenchError(f"{rd.samples_path} holds no rows")
         run = Run(path=path, config=config, n_rows=len(run_rows))
         for r in run_rows:
-            missing = [k for k in ("model", "suite", "method", "sample_id", "n_new", "total_s", "ttft_s",
-                                   "forward_passes", "tokens_per_step") if k not in r]
-            if missing:
-                raise AccbenchError(f"{rd.samples_path}: a row lacks {', '.join(missing)}: not accbench rows")
             r = dict(r)
             r["device_type"] = r.get("device") or config.get("device") or "cpu"
             r["device"] = device_label(r["device_type"], run.hardware)

@@ -214,7 +214,12 @@ def _line(key, rs, ar_by_key, baseline: str) -> dict[str, Any]:
 
 
 def summarize(rows: list[dict[str, Any]], baseline: str = "ar") -> pd.DataFrame:
-    """One line per (model, device, suite, prompt_length, category, method)."""
+    """One line per (model, device, suite, prompt_length, category, method). Rows of one
+    results folder (``run``) with the same row key count once (a warning line says how many
+    were dropped)."""
+    from accbench.engine.results import dedupe_rows
+
+    rows = dedupe_rows(rows, "the rows summarized", extra=("run",))
     ar_by_key = _Baseline(rows, baseline)
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
