@@ -85,12 +85,7 @@ def _relay(secret_fds):
         signal.signal(s, _kill_child)
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
-    report = b""
-    while True:
-        chunk = os.read(r, 64)
-        if not chunk:
-            break
-        report += chunk
+    report = _read_all(r)
     if report.startswith(b"I"):  # init's report of the program's status
         code = int(report[2:]) if report.startswith(b"IE") else -signal.SIGKILL
     _exit_like(code)

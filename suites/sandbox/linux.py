@@ -292,6 +292,7 @@ def make_preexec(limits, uid: int | None, newroot: str | None, report_fd: int, n
     my_uid, my_gid = os.getuid(), os.getgid()
     ro = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID
     root_b = newroot.encode() if newroot else b""
+    dev_flags = _mount_flags("/dev") if plan is not None and os.path.isdir("/dev") else 0
 
     def fail(msg: str) -> None:
         raise OSError(msg)
@@ -343,7 +344,7 @@ def make_preexec(limits, uid: int | None, newroot: str | None, report_fd: int, n
         for name in _DEVICES:
             if os.path.exists("/dev/" + name):
                 os.close(os.open(f"{dev}/{name}", os.O_CREAT | os.O_WRONLY, 0o666))
-                bind("/dev/" + name, _mount_flags_dev, dev=True)
+                bind("/dev/" + name, dev_flags, dev=True)
         for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
             os.symlink(target, f"{dev}/{name}")
@@ -355,8 +356,6 @@ def make_preexec(limits, uid: int | None, newroot: str | None, report_fd: int, n
         mount(None, root_b, None, ro | MS_NODEV, None)  # the root itself: read-only
         os.chroot(newroot)
         os.chdir(INNER_WORK)
-
-    _mount_flags_dev = _mount_flags("/dev") if plan is not None and os.path.isdir("/dev") else 0
 
     def preexec() -> None:
         layers = ["process"]
