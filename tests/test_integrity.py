@@ -244,6 +244,20 @@ def test_a_prompt_too_long_for_the_context_stops_before_any_model_loads(short_co
     assert not (tmp_path / "run" / "config.json").exists()
 
 
+def test_a_huge_prompt_is_refused_from_a_prefix_without_tokenizing_it_all(short_context_model, tmp_path,
+                                                                          no_model_load, monkeypatch):
+    from accbench.engine import prompts
+
+    seen: list[int] = []
+    real = prompts.encode_prompt
+    monkeypatch.setattr(prompts, "encode_prompt", lambda tok, text, fmt: seen.append(len(text)) or real(tok, text, fmt))
+    data = _prompts(tmp_path / "huge.jsonl", n=1, text="{i} " + "a long prompt " * 200_000)  # 2.8 M characters
+    res = _invoke(["run", "--model", str(short_context_model), "--suite", "prompts", "--data", str(data),
+                   "--max-new-tokens", "8", "--executor", "inline", "--out", str(tmp_path / "run")])
+    _one_line_error(res, "suite prompts", "sample 1", "at least", "2,800,002 characters")
+    assert seen and max(seen) < 10_000  # only a prefix was ever tokenized
+
+
 def test_truncate_middle_fits_the_prompt_and_records_it(short_context_model, tmp_path):
     res = _invoke(_long_args(tmp_path, short_context_model, "--truncate", "middle"))
     assert res.exit_code == 0, res.output

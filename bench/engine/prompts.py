@@ -130,11 +130,27 @@ class PromptBuilder:
         self.truncated[sample_id] = len(ids)
         return cut_middle(ids, self.max_tokens)
 
+    def _too_long_fast(self, sample) -> None:
+        """A prompt far over the limit (a 10 MB file) is refused from a prefix of its text,
+        without tokenizing all of it (that alone can take minutes and gigabytes)."""
+        if self.max_tokens is None or self.truncate == "middle" or not isinstance(sample.prompt, str):
+            return
+        head = sample.prompt[: 16 * (self.max_tokens + 64)]
+        if len(head) == len(sample.prompt):
+            return
+        n = len(encode_prompt(self.tokenizer, head, "raw"))
+        if n > self.max_tokens + 64:  # a prefix's count can differ from the whole's by a token at the cut
+            raise AccbenchError(
+                f"suite {self.suite_name}, sample {sample.id}: the prompt has at least {n} tokens "
+                f"({len(sample.prompt):,} characters), more than the {self.max_tokens} that fit ({self.why}); "
+                "pass --truncate middle to keep its first and last halves, or lower --max-new-tokens")
+
     def check_all(self, samples: list) -> None:
         """Build every sample's prompt (a later turn with empty earlier answers: the shortest
         it can be), raising on the first that does not fit."""
         for s in samples:
             turns = (s.meta or {}).get("turns") or []
+            self._too_long_fast(s)
             self.ids(s, [""] * (len(turns) - 1) if len(turns) > 1 else None)
         self.truncated.clear()
 

@@ -45,7 +45,9 @@ machine allows, and a run records them in config.json):
 Falling back: without root and without user namespaces, or where a mount fails, the layers the
 OS refuses are missing (``describe_layers`` says which) and the rest still apply: the program
 then runs in a throwaway directory on the host file system, and only the hook, permissions and
-RLIMIT_FSIZE limit its writes.
+RLIMIT_FSIZE limit its writes. As root, that fallback needs an interpreter the leased uid can
+reach (every parent directory o+x); one under a private home (pyenv in /root) is an ``error``
+result saying so, never a run as root on the host's file system.
 
 What is *not* enforced: a program that digs through its own memory with ctypes could find the
 nonce; reading is restricted to what the private root holds (without it, to Unix

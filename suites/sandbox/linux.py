@@ -228,6 +228,24 @@ def base_interpreter() -> str:
     return os.path.realpath(exe)
 
 
+def reachable_by_others(path: str) -> bool:
+    """Whether a uid that is neither the owner nor in the group can execute ``path`` (every
+    parent directory searchable by others, the file executable by others)."""
+    path = os.path.realpath(path)
+    try:
+        if not os.stat(path).st_mode & 0o001:
+            return False
+        parent = os.path.dirname(path)
+        while True:
+            if not os.stat(parent).st_mode & 0o001:
+                return False
+            if parent == "/":
+                return True
+            parent = os.path.dirname(parent)
+    except OSError:
+        return False
+
+
 def _mount_flags(path: str) -> int:
     """The per-mount flags of ``path``'s mount, as mount(2) wants them on a bind remount (a
     user namespace must keep the locked ones)."""
@@ -351,7 +369,9 @@ def make_preexec(limits, uid: int | None, newroot: str | None, report_fd: int, n
         mount(None, dev.encode(), None, ro, None)
         os.mkdir(newroot + "/proc", 0o555)  # empty: no process is visible
         os.mkdir(newroot + INNER_WORK, 0o700)
-        opts = f"mode=0700,size={max(1, limits.disk_mb)}m,nr_inodes=4096,uid={owner},gid={owner}"
+        opts = f"mode=0700,size={max(1, limits.disk_mb)}m,nr_inodes=4096"
+        if as_root:  # in a user namespace the mounter already owns it (uid=/gid= are refused there)
+            opts += f",uid={owner},gid={owner}"
         mount(b"tmpfs", (newroot + INNER_WORK).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts.encode())
         mount(None, root_b, None, ro | MS_NODEV, None)  # the root itself: read-only
         os.chroot(newroot)

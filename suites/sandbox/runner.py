@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,6 +249,7 @@ def run_program(source: str, limits: SandboxLimits = SandboxLimits()) -> Sandbox
         src_path = os.path.join(base, "source")
         with open(src_path, "w", encoding="utf-8") as f:
             f.write(source)
+        why = "refused earlier in this process"
         for attempt in (0, 1):
             root = os.path.join(base, f"root{attempt}") if _private_root_ok and linux.LINUX else None
             if root is not None:
@@ -258,9 +259,15 @@ def run_program(source: str, limits: SandboxLimits = SandboxLimits()) -> Sandbox
             if lease is not None:
                 os.chmod(base, 0o711)  # the sandbox uid may pass through, not list or write
                 os.chown(work, lease.uid, lease.uid)
+            if root is None and lease is not None and not linux.reachable_by_others(linux.base_interpreter()):
+                return _error(f"the sandbox could not set up its private root ({why}), and without it the "
+                              f"sandbox uid cannot reach the interpreter {linux.base_interpreter()} (a parent "
+                              "directory is not o+x): use an interpreter outside a private home directory",
+                              start)
             res = _run_in(work, root, src_path, base, limits, lease, start)
             if res.status == "error" and root is not None and "mount" in res.stderr and res.returncode is None:
                 _private_root_ok = False  # this OS refuses the private root: go on without it
+                why = res.stderr.strip()[-300:]
                 continue
             return res
         return res
@@ -289,7 +296,7 @@ def _run_in(work: str, root: str | None, src_path: str, base: str, limits: Sandb
     src_fd = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC)
     verdict_r, verdict_w = os.pipe()
     report_r, report_w = os.pipe()  # preexec reports its layers (or why it failed) through this
-    argv = [linux.base_interpreter() if root is not None else sys.executable, "-I", "-B", "-c", _CHILD,
+    argv = [linux.base_interpreter(), "-I", "-B", "-c", _CHILD,
             _SOLUTION, str(nonce_r), str(src_fd), str(verdict_w)]
     nproc_base = 0 if uid is not None else linux.count_own_processes()
     preexec = linux.make_preexec(limits, uid, root, report_w, nproc_base)
@@ -436,5 +443,16 @@ def run_many(sources: list[str], limits: SandboxLimits = SandboxLimits(), worker
     workers = max(1, min(int(workers), len(sources)))
     if workers == 1:
         return [run_program(s, limits) for s in sources]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="accbench-sandbox") as pool:
-        return list(pool.map(lambda s: run_program(s, limits), sources))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="accbench-sandbox")
+    futures = [pool.submit(run_program, s, limits) for s in sources]
+    try:
+        return [f.result() for f in futures]
+    except BaseException:  # Ctrl-C (or a signal handler's exit) while the threads run programs
+        for f in futures:
+            f.cancel()
+        while not all(f.done() for f in futures):  # end the running ones (and any that just started)
+            terminate_all()
+            wait(futures, timeout=0.2)
+        raise
+    finally:
+        pool.shutdown(wait=True)
