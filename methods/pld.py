@@ -3,7 +3,10 @@ occurrence of the current suffix n-gram in prompt + output, verify them in one f
 
 Lossless under greedy decoding: the one speculative loop (``core.speculative``) keeps a draft
 token only while it equals the target's argmax at the previous position, and the bonus token
-is the target's own argmax. This file is the whole method: an n-gram index and a drafter.
+is the target's own argmax. Under sampling the drafts are deterministic (``Proposal.q`` None:
+q one-hot) and the loop's speculative sampling accepts a draft x with probability p(x), so
+the output is distributed exactly as AR sampling's. This file is the whole method: an n-gram
+index and a drafter.
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ def tiny_runs(tmp_path_factory, data_dir):
     for name, suite, extra, methods in (("prompts", "prompts", ["--data", str(prompts)], "ar,pld,lazyllm"),
                                         ("cnndm", "cnndm", ["--limit", "6", "--truncate", "middle"], "ar,pld"),
                                         ("mbpp", "mbpp", ["--limit", "5"], "ar,pld"),
-                                        ("cnndm-lazyllm", "cnndm", ["--limit", "6", "--truncate", "middle"], "lazyllm")):
+                                        ("cnndm-lazyllm", "cnndm", ["--limit", "6", "--truncate", "middle", "--no-baseline"],
+                                         "lazyllm")):
         out = d / name
         res = _invoke(["run", "--methods", methods, "--model", "tiny-random-llama", "--suite", suite, *extra,
                        "--max-new-tokens", "16", "--warmup", "0", "--out", str(out)])

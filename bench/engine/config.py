@@ -39,6 +39,8 @@ class SweepConfig:
     prompt_lengths: list[int] | None = None  # sweep axis: cut/pack every prompt to these token counts
     truncate: str = "none"  # a prompt too long for the context minus the budget: "none" (an error) | "middle"
     train_missing: bool = False  # train a method's missing artifacts instead of stopping
+    #: add AR as the baseline when a method to compare with it is asked for (``--no-baseline``: False)
+    baseline: bool = True
     # How the groups (model x device x suite x prompt length) run; none of these is a setting
     # (they do not change what a row means). See accbench.engine.driver.
     executor: str = "local"  # "local" (a worker process per group) | "ray" | "inline" (this process)
@@ -77,17 +79,52 @@ def ordered_methods(methods: list[str]) -> list[str]:
     return ([BASELINE] if BASELINE in ms else []) + [m for m in ms if m != BASELINE]
 
 
-def validate(cfg: SweepConfig) -> None:
+def normalize_methods(cfg: SweepConfig) -> list[str]:
+    """Aliases -> canonical names (in --methods and -o), and AR added as the baseline when a
+    speedup is to be shown (unless ``cfg.baseline`` is False). Returns notes saying what changed
+    (for the first line of output). Idempotent."""
+    from accbench import methods as method_registry
+
+    aliases = method_registry.aliases()
+    notes = []
+    seen = [m for m in cfg.methods if m in aliases]
+    for a in dict.fromkeys(seen):
+        notes.append(f"{a} means {aliases[a]}")
+    opts: dict[str, dict[str, Any]] = {}
+    for m, kv in cfg.method_options.items():
+        c = aliases.get(m, m)
+        if c != m and m not in seen:
+            notes.append(f"{m} means {c}")
+            seen.append(m)
+        opts.setdefault(c, {}).update(kv)
+    cfg.method_options = opts
+    cfg.methods = list(dict.fromkeys(aliases.get(m, m) for m in cfg.methods))
+    if cfg.baseline and cfg.methods and BASELINE not in cfg.methods:
+        cfg.methods = [BASELINE] + cfg.methods
+        notes.append(f"{BASELINE} added as the baseline for the speedup (--no-baseline skips it)")
+    return notes
+
+
+def validate(cfg: SweepConfig) -> list[str]:
     """Fail early, before any worker starts or any model loads, on names that do not exist,
-    bad numbers and bad method options (which are replaced by their parsed values)."""
+    bad numbers and bad method options (which are replaced by their parsed values). Aliases are
+    replaced by canonical names and AR is added as the baseline (:func:`normalize_methods`);
+    returns the notes saying so."""
     from accbench import methods as method_registry
     from accbench import suites as suite_registry
     from accbench.models import resolve_spec
 
     known = method_registry.available()
+    aliases = method_registry.aliases()
     for m in cfg.methods:
-        if m not in known:
-            raise AccbenchError(f"unknown method {m!r}; valid: {', '.join(known)}")
+        if m not in known and m not in aliases:
+            raise AccbenchError(f"unknown method {m!r}; valid: {', '.join(known)}"
+                                + (f" (aliases: {', '.join(f'{a}={c}' for a, c in aliases.items())})"
+                                   if aliases else ""))
+    for m in cfg.method_options:
+        if m not in known and m not in aliases:
+            raise OptionError(f"-o {m}.…: {m!r} is not a method; valid: {', '.join(known)}")
+    notes = normalize_methods(cfg)
     known_suites = suite_registry.available()
     for s in cfg.suites:
         if s not in known_suites:
@@ -117,7 +154,12 @@ def validate(cfg: SweepConfig) -> None:
         raise AccbenchError(f"unknown executor {cfg.executor!r}; valid: {', '.join(EXECUTORS)}")
     if cfg.retries is not None and cfg.retries < 0:
         raise AccbenchError(f"--retries cannot be negative, got {cfg.retries}")
+    #: the -o values as given (what a method's ``preflight`` sees)
+    cfg_raw = {m: {k: v if isinstance(v, str) else str(v) for k, v in kv.items()}
+               for m, kv in cfg.method_options.items()}
     cfg.method_options = parse_method_options(cfg.method_options, cfg.methods, known)
+    cfg.__dict__["_raw_options"] = cfg_raw
+    return notes
 
 
 def _option_keys(method: str, cls) -> str:

@@ -25,7 +25,7 @@ from accbench.engine.group import Group, Work, failure, group_messages
 from accbench.engine.pairing import DESIGN, LOAD, error_text
 from accbench.engine.results import ResultsDir, row_key
 from accbench.engine.worker import PASS_ENV, plugin_roots, supervise
-from accbench.errors import AccbenchError
+from accbench.errors import AccbenchError, NeedsTraining
 from accbench.reports.stats import first_divergence
 
 _FIRST = ("model", "device", "dtype", "suite", "prompt_length", "sample_id", "method", "prompt_tokens",
@@ -161,17 +161,21 @@ def run_sweep(cfg: SweepConfig, progress: NullProgress | None = None, overwrite:
     from accbench.models import resolve_dtype
 
     progress = progress or NullProgress()
-    validate(cfg)
+    notes = validate(cfg)
     worker_device, dev_key = device_key(cfg)
+    preflight(cfg)
     suites = {s: suite_registry.build(s, data_dir=cfg.data_dir, data_file=cfg.data_file) for s in cfg.suites}
     suite_samples = {s: list(suite.samples(limit=cfg.limit)) for s, suite in suites.items()}
     check_prompts(cfg, suites, suite_samples)
+    if notes:  # every check passed: the first line of output says what the command was taken to mean
+        progress.message("; ".join(notes))
     dtype = str(resolve_dtype(cfg.dtype, torch.device(worker_device.split(":")[0]))).replace("torch.", "")
     results = ResultsDir(cfg.out)
     config = {
         "command": "run", "methods": ordered_methods(cfg.methods), "models": cfg.models, "suites": cfg.suites,
         "limit": cfg.limit, "warmup": cfg.warmup, "data_dir": cfg.data_dir, "device": dev_key, "dtype": dtype,
         "executor": cfg.executor, "pairing": DESIGN, "options": resolved_options(cfg), "started": _now(),
+        "notes": notes,
         "environment": measure.environment(torch.device("cpu" if cfg.executor == "ray" else worker_device)),
     }
     if cfg.executor == "ray":
@@ -207,6 +211,35 @@ def run_sweep(cfg: SweepConfig, progress: NullProgress | None = None, overwrite:
         results.close()
         progress.stop()
     return results
+
+
+def preflight(cfg: SweepConfig) -> None:
+    """What can be known before work starts, checked before anything is written and before any
+    model loads: each model can be loaded here (package installed, hub model cached or the hub
+    reachable -- probed once per run, in about 3 s -- and a token for a gated one), and each
+    method's ``preflight(model_name, options, artifacts)`` for each model (its artifacts, read
+    from the artifact store without loading the model). The first problem raises one line."""
+    from accbench import methods as method_registry
+    from accbench.models.loading import load_problem, memo_probe
+    from accbench.training.artifacts import ModelArtifacts
+
+    probe = memo_probe(3.0)
+    for model in cfg.models:
+        why = load_problem(model, probe)
+        if why:
+            raise AccbenchError(why)
+    raw = getattr(cfg, "_raw_options", None) or {m: {k: str(v) for k, v in kv.items()}
+                                                  for m, kv in cfg.method_options.items()}
+    for m in ordered_methods(cfg.methods):
+        check = getattr(method_registry.get(m), "preflight", None)
+        if check is None:
+            continue
+        for model in cfg.models:
+            try:
+                check(model, dict(raw.get(m, {})), ModelArtifacts(model))
+            except NeedsTraining:
+                if not cfg.train_missing:  # --train-missing: the group trains them
+                    raise
 
 
 def sandbox_layers(suites: dict[str, Any]) -> dict[str, Any] | None:

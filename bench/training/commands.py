@@ -85,26 +85,38 @@ def train_method(method: str, model_name: str, loaded=None, *, dtype: str | None
                  data_dir: str | None = None, console=None, sources: Sequence[str] = TRAIN_SOURCES,
                  text_files: Sequence[str] = (), steps: int | None = None, batch_size: int | None = None,
                  lr: float | None = None, seq_len: int | None = None, targets: str = "self", seed: int = 0,
-                 restart: bool = False, options: dict[str, Any] | None = None) -> Path:
+                 restart: bool = False, options: dict[str, Any] | None = None,
+                 datasets: Sequence[str] = ()) -> Path:
     """Train ``method``'s artifact for ``model_name`` and make it the default; its path.
 
     ``loaded``: the model already loaded (``accbench run --train-missing``), else it is loaded
     here with ``dtype`` / ``device``. Progress lines go to ``console`` (when given) and to
     ``<cache>/artifacts/<model>/<method>/train.log``. Ctrl-C propagates after the method has
-    saved its checkpoint."""
+    saved its checkpoint. ``datasets``: Hugging Face dataset ids of ShareGPT-style
+    conversations added to the training text. On CUDA, what the user left unset takes the GPU
+    defaults of :mod:`accbench.training.defaults`."""
     from accbench.methods.core.jobs import TrainJob
     from accbench.training.artifacts import ModelArtifacts
     from accbench.training.train_data import training_documents
 
     cls = method_class(method, "train")
-    documents = training_documents(sources, text_files, data_dir)  # data first: fails before the model loads
+    from accbench.training.defaults import apply_device_defaults, dataset_documents
+
+    documents = training_documents(sources, text_files, data_dir) if sources or text_files or not datasets else []
+    for ds in datasets:  # data first: fails before the model loads
+        documents += dataset_documents(ds)
     if loaded is None:
         loaded = _load(model_name, dtype, device, console)
+    sized, note = apply_device_defaults(method, str(loaded.device), steps=steps, batch_size=batch_size, lr=lr,
+                                        seq_len=seq_len, options=dict(options or {}))
+    steps, batch_size, lr, seq_len, options = (sized[k] for k in ("steps", "batch_size", "lr", "seq_len", "options"))
     artifacts = ModelArtifacts(model_name)
     log_path = artifacts.folder(method) / "train.log"
     with _log_file(log_path, console) as log:
         log(f"accbench train {method} --model {model_name}: {len(documents)} documents, "
             f"{loaded.device} {str(loaded.dtype).replace('torch.', '')}")
+        if note:
+            log(note)
         job = TrainJob(method=method, model_name=model_name, model=loaded.model, tokenizer=loaded.tokenizer,
                        documents=documents, artifacts=artifacts, device=loaded.device, dtype=loaded.dtype,
                        steps=steps, batch_size=batch_size, lr=lr, seq_len=seq_len, seed=seed, restart=restart,
@@ -170,15 +182,20 @@ def tune_method(method: str, model_name: str, *, dtype: str | None = None, devic
               help="Never-evaluated splits: mbpp (task_ids 601-974), cnndm (items 500-999).")
 @click.option("--text", "text_files", multiple=True, type=click.Path(dir_okay=False),
               help="Extra training text file(s), documents separated by blank lines.")
+@click.option("--dataset", "datasets", multiple=True, metavar="HF_ID",
+              help="Hugging Face dataset id of ShareGPT-style conversations to train on too (needs network and "
+                   "`pip install datasets`), e.g. Aeala/ShareGPT_Vicuna_unfiltered. Checked before the model loads.")
 @click.option("--targets", type=click.Choice(["self", "ground-truth"]), default="self", show_default=True,
               help="self: the backbone's own predictions (self-distillation); ground-truth: the text.")
 @click.option("--dtype", default=None)
-@click.option("--device", default=None)
+@click.option("--device", default=None,
+              help="cpu | cuda | cuda:N. On cuda, --steps, --batch-size, --lr, --seq-len and -o data_tokens left "
+                   "unset take GPU defaults (the Medusa paper's recipe: batch 8 x 2048 tokens, lr 1e-3, 2 epochs).")
 @click.option("--data-dir", default=None)
 @click.option("--restart", is_flag=True, help="Ignore an existing checkpoint and start over.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE", help="Method-specific option.")
-def train(method, model, steps, batch_size, lr, seq_len, sources, text_files, targets, dtype, device, data_dir,
+def train(method, model, steps, batch_size, lr, seq_len, sources, text_files, datasets, targets, dtype, device, data_dir,
           restart, seed, options) -> None:
     """Train what METHOD needs (Medusa heads, MTP heads) for --model and make it the default.
     Checkpoints as it goes; rerunning the same command resumes an interrupted training.
@@ -191,7 +208,8 @@ def train(method, model, steps, batch_size, lr, seq_len, sources, text_files, ta
     try:
         train_method(method, model, dtype=dtype, device=device, data_dir=data_dir, console=console, sources=sources,
                      text_files=text_files, steps=steps, batch_size=batch_size, lr=lr, seq_len=seq_len,
-                     targets=targets, seed=seed, restart=restart, options=key_values(options))
+                     targets=targets, seed=seed, restart=restart, options=key_values(options),
+                     datasets=datasets)
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted.[/yellow] The last checkpoint is kept; rerun the same command to resume.")
         sys.exit(130)

@@ -49,7 +49,15 @@ class Decoder(Protocol):
 
     ``train(job)`` and ``tune(job)`` (classmethods, optional) receive the loaded model, the
     data and an artifact writer from ``accbench train`` / ``accbench tune`` and return the
-    artifact's path."""
+    artifact's path.
+
+    ``preflight(model_name, options, artifacts)`` (classmethod, optional) is called by
+    ``accbench run`` for every (method, model) before anything is written and before any model
+    loads: ``options`` are the method's ``-o`` values as given (``{key: value string}``),
+    ``artifacts`` the harness's :class:`ArtifactStore` for that model (read without loading
+    it). Raise an ``AccbenchError`` (one line: what is missing and how to get it, e.g.
+    ``NeedsTraining``) when the method cannot run; return None otherwise. The default does
+    nothing."""
 
     name: ClassVar[str]
     lossless: ClassVar[bool]
@@ -90,6 +98,12 @@ class DecoderBase:
         if not self.sampling.greedy:
             self._generator = torch.Generator(device=self.device)
             self._generator.manual_seed(self.sampling.seed)
+
+    @classmethod
+    def preflight(cls, model_name: str, options: dict[str, Any], artifacts: ArtifactStore) -> None:
+        """Check, before the model loads, what this method needs for ``model_name`` (see
+        :class:`Decoder`); raise an ``AccbenchError`` naming what is missing. Default: nothing."""
+        return None
 
     @property
     def is_lossless(self) -> bool:

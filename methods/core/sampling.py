@@ -22,14 +22,17 @@ def sample_from_logits(logits: torch.Tensor, cfg: SamplingConfig, generator: tor
     """Pick next tokens from ``logits[..., vocab]``: argmax when greedy, else temperature + top-p."""
     if cfg.greedy:
         return logits.argmax(dim=-1)
-    probs = sampling_probs(logits, cfg)
+    probs = probs_from_logits(logits, cfg)
     flat = probs.reshape(-1, probs.shape[-1])
     out = torch.multinomial(flat, 1, generator=generator).squeeze(-1)
     return out.reshape(probs.shape[:-1])
 
 
-def sampling_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
-    """Temperature-scaled, top-p-filtered probabilities (float32)."""
+def probs_from_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """Temperature-scaled, top-p-filtered probabilities (float32) over the last dimension: the
+    one sampling transform. AR sampling draws from it (:func:`sample_from_logits`), and
+    speculative sampling computes the target's ``p`` and a drafter's ``q`` with it, so the
+    speculative output is distributed exactly as AR sampling's. Needs ``cfg`` not greedy."""
     probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
     if cfg.top_p < 1.0:
         sorted_p, idx = probs.sort(dim=-1, descending=True)
@@ -39,3 +42,7 @@ def sampling_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
         probs = torch.zeros_like(probs).scatter_(-1, idx, sorted_p)
         probs = probs / probs.sum(dim=-1, keepdim=True)
     return probs
+
+
+#: the former name of :func:`probs_from_logits`
+sampling_probs = probs_from_logits

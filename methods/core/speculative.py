@@ -10,8 +10,22 @@ drafted), acceptance, KV compaction, commit at stop strings and budget, and ever
 * ``step_times_s``: when each step committed (read after the token ids, so no extra sync);
 * ``extra["blocks"]``: verification block size (root included) -> steps.
 
-Phases of a step: propose -> verification forward -> evaluate (greedy / sampled match, or
-the drafter's own rule) -> update the cache (keep the accepted path) -> commit -> observe.
+Phases of a step: propose -> verification forward -> evaluate -> update the cache (keep the
+accepted path) -> commit -> observe.
+
+Evaluate, by ``extra["acceptance_rule"]``:
+
+* ``"greedy"`` (temperature 0): the longest path whose every token equals the target's argmax
+  at its parent; bonus = the argmax at the path's end. Output = greedy AR, token for token.
+* ``"speculative_sampling"`` (temperature > 0, the drafter has no ``accept`` of its own):
+  Leviathan et al. 2023 / Chen et al. 2023, generalised to trees as in SpecInfer (multi-step
+  speculative sampling) -- see :func:`speculative_accept`. The target's ``p`` is
+  :func:`~accbench.methods.core.sampling.probs_from_logits` of the verification logits, the
+  very transform AR sampling draws from; the drafter's ``q`` is :attr:`Proposal.q` (None: a
+  deterministic drafter, q one-hot). The output is distributed exactly as AR sampling's
+  (``extra["lossless_in_distribution"]`` True), though the tokens of a seed differ from AR's.
+* the drafter's own rule (``Drafter.accept``, e.g. Medusa's typical acceptance), named by
+  ``Drafter.acceptance_rule``; not lossless in distribution.
 """
 
 from __future__ import annotations
@@ -23,7 +37,7 @@ import torch
 from accbench.methods.core.protocol import DecoderBase
 from accbench.methods.core.quirks import logits_from_hidden
 from accbench.methods.core.record import Clock, GenerationRecord
-from accbench.methods.core.sampling import sample_from_logits
+from accbench.methods.core.sampling import probs_from_logits, sample_from_logits
 from accbench.methods.core.stopping import commit
 from accbench.methods.core.tree import accept_greedy, block_forward, compact_cache, make_cache
 
@@ -45,6 +59,18 @@ class Proposal:
     nodes: Sequence[int] | None = None
     rows: torch.Tensor | None = None
     node_rows: list[int] | None = None
+    #: The draft distributions, read only under sampling (speculative sampling): a float
+    #: tensor ``[n_nodes - 1, V]`` on the model's device, row ``i - 1`` for tree node ``i``
+    #: (tree nodes = the block rows, or ``nodes`` when given; root excluded). Row ``i - 1`` is
+    #: the distribution the drafter drew node ``i``'s token from, given the tokens of the
+    #: node's ancestors, after the same transform as the target's
+    #: (``probs_from_logits(draft_logits, sampling)``: temperature, top-p), over the target's
+    #: whole vocabulary ``V`` (zeros outside a reduced draft vocabulary). Siblings must be
+    #: independent draws from their rows (SpecInfer's condition; equal rows are fine).
+    #: ``None``: a deterministic drafter (PLD, Lookahead, a greedy head): q is one-hot on each
+    #: proposed token, which is also right for any fixed set of sibling tokens. Under greedy
+    #: decoding drafters should propose deterministically and leave this None.
+    q: torch.Tensor | None = None
 
 
 @dataclass
@@ -60,6 +86,11 @@ class Verified:
     pred: list[int] | None = None  # greedy: argmax at every computed logits row
     logits: torch.Tensor | None = None  # the computed logits rows
     hidden: torch.Tensor | None = None  # final hidden states of the block rows (needs_hidden)
+    #: the target's KV cache, owned by the loop (set before ``start``). At ``propose`` it holds
+    #: every committed position but the last token's. A drafter may append entries to some of
+    #: its layers while proposing (a self-draft running the target's first layers reuses the
+    #: prefix that way) but must crop them back to that length before ``propose`` returns.
+    cache: Any = None
 
 
 class Drafter:
@@ -82,7 +113,10 @@ class Drafter:
         return None
 
     #: optional acceptance rule ``accept(logits, tokens) -> (path, bonus)`` used when sampling
+    #: (instead of speculative sampling; the output is then not lossless in distribution)
     accept = None
+    #: the name of that rule, for ``GenerationRecord.extra["acceptance_rule"]``
+    acceptance_rule: str | None = None
 
     def observe(self, info: Verified) -> None:
         """After every step's commit (timed as drafting)."""
@@ -100,7 +134,13 @@ def speculative_decode(model, drafter: Drafter, ids: torch.Tensor, max_new_token
     n_prompt = ids.shape[1]
     cache = make_cache(model)
     clock = Clock(device, paired=paired)
-    info = Verified()
+    info = Verified(cache=cache)
+    if greedy:
+        rule = "greedy"
+    elif drafter.accept is not None:
+        rule = drafter.acceptance_rule or f"{type(drafter).__name__}.accept"
+    else:
+        rule = "speculative_sampling"
     drafted: list[int] = []
     accepted: list[int] = []
     reached: list[int] = []
@@ -156,20 +196,20 @@ def speculative_decode(model, drafter: Drafter, ids: torch.Tensor, max_new_token
                     tree_tokens = [tree_tokens[i] for i in nodes]
             forwards += 1
             blocks[n] = blocks.get(n, 0) + 1
-            # evaluate: the longest tree path the target agrees with, plus its bonus token
+            # evaluate: the accepted tree path plus its bonus token
             info.pred = None
             if greedy:
                 info.pred = logits.argmax(dim=-1).tolist()
                 tree_pred = info.pred if node_rows is None else [info.pred[i] for i in node_rows]
+                path = accept_greedy(tree_tokens, parents, tree_pred) if len(tree_tokens) > 1 else [0]
+                bonus = tree_pred[path[-1]]
             else:
                 tree_logits = logits if node_rows is None else logits[node_rows]
                 if drafter.accept is not None:  # the method's own rule (Medusa's typical acceptance)
                     path, bonus = drafter.accept(tree_logits, tree_tokens)
                 else:
-                    tree_pred = sample_from_logits(tree_logits, sampling, generator).tolist()
-            if greedy or drafter.accept is None:
-                path = accept_greedy(tree_tokens, parents, tree_pred) if len(tree_tokens) > 1 else [0]
-                bonus = tree_pred[path[-1]]
+                    path, bonus = speculative_accept(tree_tokens, parents, probs_from_logits(tree_logits, sampling),
+                                                     None if p is None else p.q, generator)
             a = len(path) - 1
             keep = path if nodes is None else [nodes[i] for i in path]
             compact_cache(cache, prefix, keep)  # update the cache: only the accepted path stays
@@ -199,8 +239,84 @@ def speculative_decode(model, drafter: Drafter, ids: torch.Tensor, max_new_token
         tokens=tokens, ttft_s=ttft, total_s=total, forward_passes=forwards, tokens_per_step=steps,
         drafted=drafted, accepted=accepted, reached=reached, step_times_s=times, draft_shape=drafter.shape,
         lossless=lossless, finish_reason=hit[1] if hit else "length",
-        extra={"draft_s": draft_s, "verify_s": total - ttft - draft_s, **block_extra(blocks), **extra},
+        extra={"draft_s": draft_s, "verify_s": total - ttft - draft_s, **block_extra(blocks),
+               "acceptance_rule": rule, "lossless_in_distribution": rule in ("greedy", "speculative_sampling"),
+               **extra},
     )
+
+
+def speculative_accept(tokens: Sequence[int], parents: Sequence[int], probs: torch.Tensor,
+                       q: torch.Tensor | None, generator: torch.Generator | None) -> tuple[list[int], int]:
+    """Speculative sampling over a verification tree; returns ``(path, bonus)`` like greedy
+    acceptance (tree nodes from the root 0 down, and the token committed after them).
+
+    ``tokens`` / ``parents``: the tree (root first); ``probs`` ``[n, V]``: the target's
+    distribution after each node (``probs_from_logits``); ``q`` ``[n - 1, V]`` or None: see
+    :attr:`Proposal.q`. From the root, the children of the current node are tried in order
+    (SpecInfer's multi-step speculative sampling): child ``x`` drawn from ``q_x`` is accepted
+    with probability ``min(1, p(x) / q_x(x))``, and the walk moves to it; a rejected child
+    replaces ``p`` by ``norm(max(0, p - q_x))`` for the next sibling. When every child is
+    rejected, the bonus is drawn from the final residual ``p``; at a leaf (the whole path
+    accepted), from the leaf's ``p``. For a chain this is the Leviathan/Chen rule; with q
+    one-hot (``q`` None) a child ``x`` is accepted with probability ``p(x)`` and a rejection
+    zeroes ``p`` at ``x`` and renormalises. Either way the committed tokens are distributed
+    exactly as sampling from ``p`` one token at a time. All randomness comes from
+    ``generator``: one uniform per tree node, one multinomial draw for the bonus."""
+    n = len(tokens)
+    children: list[list[int]] = [[] for _ in range(n)]
+    for i in range(1, n):
+        children[parents[i]].append(i)
+    u = torch.rand(n, generator=generator, device=probs.device).tolist() if n > 1 else []
+    if q is None and n > 1:  # one transfer: p(x) of every child under its parent
+        rows = torch.tensor(list(parents[1:]), device=probs.device)
+        cols = torch.tensor(list(tokens[1:]), device=probs.device)
+        p_child = probs[rows, cols].tolist()
+    path, node = [0], 0
+    while children[node]:
+        taken = None
+        if q is None:
+            mass, rejected = 1.0, []  # what is left of p after zeroing the rejected tokens
+            for c in children[node]:
+                x = tokens[c]
+                if x in rejected:  # already zeroed: p(x) = 0
+                    continue
+                if u[c] * mass < p_child[c - 1]:  # u < p(x) / mass
+                    taken = c
+                    break
+                rejected.append(x)
+                mass -= p_child[c - 1]
+            if taken is None:
+                residual = probs[node].clone()
+                residual[rejected] = 0.0
+                return path, _draw(residual, probs[node], generator)
+        else:
+            residual = probs[node]
+            for c in children[node]:
+                x = tokens[c]
+                px, qx = residual[x].item(), q[c - 1, x].item()
+                if u[c] * qx < px:  # u < p(x) / q(x): accepted with probability min(1, p(x) / q(x))
+                    taken = c
+                    break
+                residual = _residual(residual, q[c - 1])
+            if taken is None:
+                return path, _draw(residual, probs[node], generator)
+        path.append(taken)
+        node = taken
+    return path, _draw(probs[node], probs[node], generator)
+
+
+def _residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``norm(max(0, p - q))``; ``p`` itself when nothing is left (p <= q everywhere means
+    p == q, where rejection has probability 0 and only rounding gets here)."""
+    r = (p - q).clamp_(min=0.0)
+    s = r.sum()
+    return r / s if s.item() > 0 else p
+
+
+def _draw(probs: torch.Tensor, fallback: torch.Tensor, generator) -> int:
+    if probs.sum().item() <= 0:  # rounding left no mass: see _residual
+        probs = fallback
+    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def block_extra(blocks: dict[int, int]) -> dict[str, Any]:

@@ -5,6 +5,11 @@ pool's candidate n-grams for the current token. The loop verifies the candidate 
 keeps the accepted chain's KV entries; :meth:`LookaheadDrafter.observe` then makes the
 target's guesses at the last level the new last level (the other levels shift up) and puts
 every column read down the levels plus its new guess into the pool.
+
+Under sampling the candidates are deterministic (``Proposal.q`` None): the loop's speculative
+sampling tries the candidates sharing a prefix in order (accept x with probability p(x),
+else zero p at x and renormalise), so the output is distributed exactly as AR sampling's.
+The window's next level is the argmax at the last-level rows either way.
 """
 
 from __future__ import annotations

@@ -89,7 +89,12 @@ class MedusaDrafter(Drafter):
         self.accept_hist[info.accepted] += 1
 
     def finish(self) -> dict[str, Any]:
-        return {"tree": self.dec.tree_label, "tree_nodes": self.dec.tree.size, "accepted_depth_hist": self.accept_hist}
+        out = {"tree": self.dec.tree_label, "tree_nodes": self.dec.tree.size, "accepted_depth_hist": self.accept_hist}
+        pub = self.dec.artifact_cfg.get("published")
+        if pub:
+            out["published_heads"] = {k: pub[k] for k in ("source", "layout", "heads_in_file", "heads_used",
+                                                          "config_medusa_num_heads", "notes")}
+        return out
 
 
 class MedusaDecoder(SpeculativeDecoder):
@@ -101,20 +106,32 @@ class MedusaDecoder(SpeculativeDecoder):
     class Options:
         tree: str = option("default", "candidate tree: default (tuned for this device, else greedyN sized for it), "
                                       "tuned, chain, greedyN, or a JSON list of rank paths")
-        heads: str | None = option(None, "heads artifact folder (default: the model's trained default)")
+        heads: str | None = option(None, "heads: an accbench artifact folder, or a published Medusa checkpoint "
+                                         "(a hub id such as FasterDecoding/medusa-vicuna-7b-v1.3, or a local dir "
+                                         "with medusa_lm_head.pt|.safetensors) (default: the model's trained default)")
+        num_heads: int | None = option(None, "published heads: use only the first K heads (default: all)")
         eps: float = option(0.09, "typical acceptance (sampling): probability threshold eps, > 0")
         delta: float = option(0.3, "typical acceptance (sampling): entropy-scaled threshold delta, > 0")
 
         def __post_init__(self):
             parse_tree_spec(self.tree)
+            if self.num_heads is not None and self.num_heads < 1:
+                raise OptionError(f"medusa num_heads={self.num_heads}: must be >= 1")
             for key in ("eps", "delta"):
                 if getattr(self, key) <= 0:
                     raise OptionError(f"medusa {key}={getattr(self, key)}: must be > 0")
 
     def __init__(self, model, tokenizer, **kw):
         super().__init__(model, tokenizer, **kw)
-        path = self._heads_path()
-        self.heads, self.artifact_cfg, delta = load_artifact(path, model)
+        src = self.options.heads
+        if src and not (Path(src).expanduser() / HEADS_FILE).exists():
+            from accbench.methods.medusa.published import load_published_heads
+
+            self.heads, self.artifact_cfg, path = load_published_heads(src, model, self.options.num_heads)
+            delta = None
+        else:
+            path = self._heads_path()
+            self.heads, self.artifact_cfg, delta = load_artifact(path, model)
         self.artifact_path = path
         self.backbone = self._backbone(model, delta)
         self.tree, self.tree_label = resolve_tree(self.options.tree, method=self.name, artifacts=self.artifacts,
@@ -122,6 +139,20 @@ class MedusaDecoder(SpeculativeDecoder):
         self.lm_w, self.lm_b = lm_head_sub(self.backbone, self.heads.vocab_ids)
         self.vocab_ids = self.heads.vocab_ids.to(self.device)
         self._prepare_tree()
+
+    @classmethod
+    def preflight(cls, model_name: str, options: dict[str, str], artifacts) -> None:
+        """Checks, without loading the model, that the heads the options name exist (a local
+        dir with the files, a hub id cached or reachable) or that the trained default does."""
+        from accbench.methods.medusa.published import check_source
+
+        src = (options or {}).get("heads")
+        if src:
+            check_source(src, f"{cls.name}.heads")
+            return
+        if artifacts is not None and artifacts.default(cls.name) is None:
+            raise AccbenchError(f"{cls.name} has no trained heads for {model_name}: run "
+                                f"`accbench train {cls.name} --model {model_name}` or pass -o {cls.name}.heads=DIR|HUB_ID")
 
     def _heads_path(self) -> Path:
         if self.options.heads:

@@ -9,7 +9,9 @@ n highest-weight paths (prefix-closed). ``accbench tune`` picks n for the device
 
 from __future__ import annotations
 
+import functools
 import json
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -19,6 +21,14 @@ from accbench.methods.core.protocol import ArtifactStore
 from accbench.methods.core.tree import tree_visibility
 
 TREE_FILE = "tree.json"
+NAMED_TREES_FILE = Path(__file__).with_name("named_trees.json")
+
+
+@functools.lru_cache(maxsize=1)
+def named_trees() -> dict[str, list[list[int]]]:
+    """Medusa's published trees (FasterDecoding/Medusa medusa_choices.py), by name."""
+    data = json.loads(NAMED_TREES_FILE.read_text())
+    return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
 def normalize_paths(paths: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
@@ -145,9 +155,12 @@ def parse_tree_spec(spec: str) -> tuple[str, Any]:
         return "default", None
     if s in ("tuned", "chain"):
         return s, None
+    if s in named_trees():
+        return "paths", named_trees()[s]
     if s.startswith("greedy") and s[6:].isdigit() and int(s[6:]) > 0:
         return "greedy", int(s[6:])
-    raise OptionError(f"tree {spec!r}: give a JSON list of paths, 'default', 'tuned', 'chain' or 'greedyN'")
+    raise OptionError(f"tree {spec!r}: give a JSON list of paths, 'default', 'tuned', 'chain', 'greedyN' or a "
+                      f"named tree ({', '.join(sorted(named_trees()))})")
 
 
 def resolve_tree(spec: str, *, method: str, artifacts: ArtifactStore, device, cfg: dict,
@@ -169,11 +182,13 @@ def resolve_tree(spec: str, *, method: str, artifacts: ArtifactStore, device, cf
         else:
             kind, arg = "greedy", 63 if torch.device(device).type == "cuda" else 15
     if kind == "paths":
-        tree, label = MedusaTree(arg), f"custom{len(normalize_paths(arg))}"
+        label = spec.strip() if spec.strip() in named_trees() else f"custom{len(normalize_paths(arg))}"
+        tree = MedusaTree(arg)
     elif kind == "chain":
         tree, label = MedusaTree(chain_tree(num_heads)), "chain"
     elif kind == "greedy":
         tree, label = MedusaTree(best_tree(path_weights(cfg.get("stats", {}), num_heads), arg)), f"greedy{arg}"
     if tree.depth > num_heads:
-        raise OptionError(f"{method}.tree: depth {tree.depth} exceeds the {num_heads} trained heads")
+        raise OptionError(f"{method}.tree: depth {tree.depth} exceeds the {num_heads} loaded heads "
+                          f"(a tree of depth <= {num_heads}, or heads with more heads)")
     return tree, label

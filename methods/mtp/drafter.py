@@ -1,4 +1,5 @@
-"""MTP self-speculative decoding (greedy: lossless) on the one speculative loop.
+"""MTP self-speculative decoding (greedy: lossless; sampling: speculative sampling with the heads'
+distributions as q, lossless in distribution) on the one speculative loop.
 
 After each verified step the heads run on the trunk states of the newly *committed* positions
 only (captured at the branch point during the verification forward) and draft t+2..t+n from
@@ -22,9 +23,9 @@ from accbench.methods.core import (
     Proposal,
     SpeculativeDecoder,
     option,
-    sample_from_logits,
 )
 from accbench.methods.core.quirks import final_softcap, softcap
+from accbench.methods.core.sampling import probs_from_logits
 from accbench.methods.mtp.heads import HEADS_FILE, META_FILE, BranchCapture, MTPHeads, head_logits
 
 
@@ -47,16 +48,21 @@ class MTPDrafter(Drafter):
         self.new_h, self.new_pos = self.capture.h, self.all_pos[: len(prompt)]
 
     def propose(self, tokens, budget):
+        self.q = None
         draft = self.draft(self.new_h, self.new_pos, min(self.dec.num_draft, budget))
         if not draft:
             return None
         k = len(draft) + 1
-        return Proposal(draft, self.dec.depths[:k], self.dec.causal[:k, :k], self.dec.chains[k - 1], depth=k - 1)
+        return Proposal(draft, self.dec.depths[:k], self.dec.causal[:k, :k], self.dec.chains[k - 1], depth=k - 1,
+                        q=self.q)
 
     def draft(self, h: torch.Tensor, positions: torch.Tensor, k: int) -> list[int]:
         """Run the heads in use over ``h`` at ``positions`` (extending their caches) and draft
-        ``k`` tokens from the last position."""
+        ``k`` tokens from the last position: the heads' argmax when greedy, else a draw from
+        each head's distribution (the target's temperature / top-p), kept in ``self.q``
+        ([k, V], zero outside the draft vocabulary) for speculative sampling."""
         dec = self.dec
+        self.q = None
         if dec.num_draft == 0:
             return []
         # every head in use sees every committed position (their caches stay complete), even
@@ -67,10 +73,19 @@ class MTPDrafter(Drafter):
         last = [o[:, -1] for o in outs[:k]]
         if dec._w_draft is None:
             logits = head_logits(dec.model, last)  # [k, V]
-            return sample_from_logits(logits, dec.sampling, dec._generator).tolist()
-        x = dec.model.model.norm(torch.cat(last, dim=0))
-        logits = softcap(F.linear(x, dec._w_draft), dec._cap)  # [k, |draft vocab|]
-        return dec._vocab[sample_from_logits(logits, dec.sampling, dec._generator)].tolist()
+        else:
+            x = dec.model.model.norm(torch.cat(last, dim=0))
+            logits = softcap(F.linear(x, dec._w_draft), dec._cap)  # [k, |draft vocab|]
+        if dec.sampling.greedy:
+            pick = logits.argmax(dim=-1)
+        else:
+            probs = probs_from_logits(logits, dec.sampling)
+            pick = torch.multinomial(probs, 1, generator=dec._generator).squeeze(-1)
+            if dec._w_draft is not None:  # onto the target's vocabulary
+                full = torch.zeros(k, dec._target_vocab, device=probs.device, dtype=probs.dtype)
+                probs = full.index_copy_(1, dec._vocab, probs)
+            self.q = probs
+        return (pick if dec._w_draft is None else dec._vocab[pick]).tolist()
 
     def observe(self, info) -> None:
         # the root and the accepted drafts are committed and have trunk states; the bonus has none yet
@@ -118,6 +133,7 @@ class MTPDecoder(SpeculativeDecoder):
         if o.draft_vocab == "auto" and self.heads.draft_vocab is not None:
             self._vocab = self.heads.draft_vocab.to(self.device)
             self._w_draft = model.get_output_embeddings().weight[self._vocab].detach().contiguous()
+            self._target_vocab = model.get_output_embeddings().weight.shape[0]
         self._cap = final_softcap(model)
         k = self.num_draft + 1
         self.causal = torch.ones(k, k, dtype=torch.bool, device=self.device).tril_()
