@@ -70,7 +70,8 @@ def test_mtp_bound_passes_its_head_options_through(tiny_llama):
     assert 2.0 < float(rows[0][6]) <= 3.0  # blocks: the current token + at most 2 drafts (fewer near the budget)
 
 
-@pytest.mark.parametrize("script", ["mtp_bound", "speculative_bound", "pld_vs_transformers", "medusa_bound"])
+@pytest.mark.parametrize("script", ["mtp_bound", "speculative_bound", "pld_vs_transformers", "medusa_bound",
+                                    "sps_vs_transformers"])
 def test_benchmark_help(script):
     import importlib
 
