@@ -25,6 +25,11 @@ GPU_DEFAULTS: dict[str, dict[str, Any]] = {
     # Medusa-2 tunes the backbone with LoRA too: half the batch fits beside the optimizer state
     "medusa2": {"batch_size": 4, "seq_len": 2048, "options": {"data_tokens": 2_000_000, "num_heads": 5}},
     "mtp": {"batch_size": 8, "seq_len": 2048, "lr": 1e-3, "steps": 2000},
+    # EAGLE's draft layer (Li et al. 2024: AdamW betas 0.9/0.95, grad clip 0.5, many epochs):
+    # windows of 2048, 2000 steps (~16 passes over the 2M cached tokens); the cross-entropy
+    # over up to 32k tokens (all of a Llama-2 vocabulary, the most frequent of Gemma's 262k)
+    "eagle": {"batch_size": 8, "seq_len": 2048, "lr": 3e-4, "steps": 2000,
+              "options": {"data_tokens": 2_000_000, "ce_vocab": 32768}},
 }
 
 

@@ -11,7 +11,9 @@
   nodes are sorted by depth); with no budget left the loop takes a plain step.
 - Medusa-2 trains the backbone too (LoRA, merged): its decoder keeps a private copy of the
   backbone with the delta applied, so other methods see the original model. It is lossless
-  against its own backbone; its quality differs from the original model's.
+  against its own backbone; its quality differs from the original model's. A published
+  Medusa-2 model (``-o medusa2.source=ID|DIR``, published.py) supplies that private backbone
+  (every tensor replaced) and the heads instead; ``--model`` stays the original model.
 
 Training: ``accbench train medusa1|medusa2`` (train.py). Tree fitted to the device:
 ``accbench tune medusa1|medusa2`` (tune.py).
@@ -124,16 +126,29 @@ class MedusaDecoder(SpeculativeDecoder):
     def __init__(self, model, tokenizer, **kw):
         super().__init__(model, tokenizer, **kw)
         src = self.options.heads
-        if src and not (Path(src).expanduser() / HEADS_FILE).exists():
-            from accbench.methods.medusa.published import load_published_heads
+        model_src = getattr(self.options, "source", None)  # medusa2: a published Medusa-2 model
+        if model_src:
+            from accbench.methods.medusa.published import canonical_model, load_medusa2_source
 
-            self.heads, self.artifact_cfg, path = load_published_heads(src, model, self.options.num_heads)
-            delta = None
+            base = getattr(self.options, "base", None)
+            if base and self.model_name and canonical_model(base) != canonical_model(self.model_name):
+                raise AccbenchError(f"{self.name}.base={base} but the model is {self.model_name}: the model is the "
+                                    f"original (AR runs it), so load {base}")
+
+            self.heads, self.artifact_cfg, self.backbone, path = load_medusa2_source(
+                model_src, model, self.options.num_heads)
+            self.artifact_path = path
         else:
-            path = self._heads_path()
-            self.heads, self.artifact_cfg, delta = load_artifact(path, model)
-        self.artifact_path = path
-        self.backbone = self._backbone(model, delta)
+            if src and not (Path(src).expanduser() / HEADS_FILE).exists():
+                from accbench.methods.medusa.published import load_published_heads
+
+                self.heads, self.artifact_cfg, path = load_published_heads(src, model, self.options.num_heads)
+                delta = None
+            else:
+                path = self._heads_path()
+                self.heads, self.artifact_cfg, delta = load_artifact(path, model)
+            self.artifact_path = path
+            self.backbone = self._backbone(model, delta)
         self.tree, self.tree_label = resolve_tree(self.options.tree, method=self.name, artifacts=self.artifacts,
                                                   device=self.device, cfg=self.artifact_cfg, model_name=self.model_name)
         self.lm_w, self.lm_b = lm_head_sub(self.backbone, self.heads.vocab_ids)
@@ -219,10 +234,54 @@ class Medusa2Decoder(MedusaDecoder):
     description = ("Medusa-2: heads and backbone (LoRA) trained together; lossless against its own "
                    "fine-tuned backbone, quality vs the original model reported.")
 
+    @dataclass
+    class Options(MedusaDecoder.Options):
+        source: str | None = option(None, "a published Medusa-2 model (fine-tuned backbone + medusa_head.* in one "
+                                          "Hugging Face model folder): a hub id such as "
+                                          "FasterDecoding/medusa-1.0-zephyr-7b-beta, or a local dir. It replaces "
+                                          "the backbone for this method only; --model stays the ORIGINAL model "
+                                          "(AR runs it, quality is compared with it)")
+        base: str | None = option(None, "with source: the original model it was fine-tuned from; must name the "
+                                        "same model as --model (a check: --model is what AR runs)")
+
+        def __post_init__(self):
+            super().__post_init__()
+            if self.source and self.heads:
+                raise OptionError("medusa2: give source (a published Medusa-2 model) or heads (an accbench "
+                                  "medusa2 artifact), not both")
+            if self.base and not self.source:
+                raise OptionError("medusa2.base names the original model of a published Medusa-2 model: "
+                                  "give medusa2.source too")
+
+    @classmethod
+    def preflight(cls, model_name: str, options: dict[str, str], artifacts) -> None:
+        """``source``: the folder (config.json and complete weights) or a cached / reachable hub id;
+        ``base``, when given, names the run's --model. Else the trained artifact (Medusa-1's check)."""
+        options = options or {}
+        source, base = options.get("source"), options.get("base")
+        if not source:
+            if base:
+                raise AccbenchError("medusa2.base names the original model of a published Medusa-2 model: give "
+                                    "medusa2.source too")
+            return super().preflight(model_name, options, artifacts)
+        from accbench.methods.medusa.published import canonical_model, check_medusa2_source
+
+        if options.get("heads"):
+            raise AccbenchError("medusa2: give source (a published Medusa-2 model) or heads (an accbench medusa2 "
+                                "artifact), not both")
+        if base and canonical_model(base) != canonical_model(model_name):
+            raise AccbenchError(f"medusa2.base={base} but --model is {model_name}: --model is the original model "
+                                f"(AR runs it and medusa2's quality is compared with it), so pass --model {base}")
+        check_medusa2_source(source)
+
     def _backbone(self, model, delta):
         """A private copy of the model with the trained LoRA delta merged: other decoders keep
         the original."""
         if delta is None:
+            if self.artifact_cfg.get("published"):
+                raise AccbenchError(f"{self.name}.heads={self.options.heads}: Medusa-1 heads (no fine-tuned backbone): "
+                                    f"run them with --methods medusa1, or give a published Medusa-2 model as "
+                                    f"-o {self.name}.source=ID|DIR")
             raise AccbenchError(f"{self.name}: {self.artifact_path} has no {DELTA_FILE}")
         backbone = copy.deepcopy(model)
         merge_delta(backbone, delta)

@@ -29,6 +29,24 @@ from accbench.methods.core.sampling import probs_from_logits
 from accbench.methods.mtp.heads import HEADS_FILE, META_FILE, BranchCapture, MTPHeads, head_logits
 
 
+def _check_heads_dir(d: Path, given: str) -> None:
+    """``-o mtp.heads=DIR`` names heads: one line naming what is missing otherwise."""
+    from accbench.methods.mtp.meta import PARAMS_FILE, is_meta_checkpoint
+
+    if not d.is_dir():
+        raise AccbenchError(f"mtp.heads={given}: no such directory")
+    if (d / HEADS_FILE).is_file():
+        if not (d / META_FILE).is_file():
+            raise AccbenchError(f"mtp.heads={given}: {HEADS_FILE} without {META_FILE}")
+        return
+    if is_meta_checkpoint(d):
+        return
+    if (d / PARAMS_FILE).is_file():
+        raise AccbenchError(f"mtp.heads={given}: {PARAMS_FILE} but no consolidated*.pth / *.safetensors beside it")
+    raise AccbenchError(f"mtp.heads={given}: neither {HEADS_FILE} + {META_FILE} (accbench / converted heads) nor "
+                        f"{PARAMS_FILE} + consolidated.pth (a Meta MTP checkpoint) in it")
+
+
 class MTPDrafter(Drafter):
     """Drafts a chain of up to ``num_draft`` tokens, one per extra head, from the trunk state
     of the last committed position; feeds the heads every committed position once."""
@@ -104,8 +122,11 @@ class MTPDecoder(SpeculativeDecoder):
 
     @dataclass
     class Options:
-        heads: str | None = option(None, "heads directory (default: the model's trained heads); "
-                                         "'random': untrained heads built from n, branch_layer, seed")
+        heads: str | None = option(None, "heads: an accbench artifact or converted folder (heads.safetensors + "
+                                         "mtp.json), or a Meta MTP checkpoint folder such as facebook/"
+                                         "multi-token-prediction's 7B_1T_4 (params.json + consolidated.pth; "
+                                         "--model must be its trunk as a Hugging Face model); 'random': untrained "
+                                         "heads built from n, branch_layer, seed (default: the model's trained heads)")
         num_draft: int | None = option(None, "drafts per step, at most the extra heads (default: all of them)", ge=0)
         n: int = option(4, "total heads for heads=random", ge=2)
         branch_layer: int | None = option(None, "branch point for heads=random: trunk layers before the heads "
@@ -126,7 +147,12 @@ class MTPDecoder(SpeculativeDecoder):
             self.heads.init_from_backbone(model, "random", seed=o.seed)
         else:
             self.heads_dir = self._find_heads()
-            self.heads = MTPHeads.load(model, self.heads_dir)
+            if (self.heads_dir / HEADS_FILE).is_file():
+                self.heads = MTPHeads.load(model, self.heads_dir)
+            else:  # a Meta checkpoint folder: its extra_heads on this (its own) trunk
+                from accbench.methods.mtp.meta import load_meta_heads
+
+                self.heads = load_meta_heads(self.heads_dir, model)
         self.heads.eval()
         self.num_draft = self.heads.n_extra if o.num_draft is None else min(o.num_draft, self.heads.n_extra)
         self._vocab = self._w_draft = None
@@ -144,8 +170,7 @@ class MTPDecoder(SpeculativeDecoder):
         """``heads=DIR``, else a model directory holding heads, else the model's trained default."""
         if self.options.heads:
             d = Path(self.options.heads).expanduser()
-            if not (d / HEADS_FILE).is_file():
-                raise AccbenchError(f"mtp: no {HEADS_FILE} in {d}")
+            _check_heads_dir(d, self.options.heads)
             return d
         if self.model_name:
             d = Path(self.model_name).expanduser()
@@ -155,6 +180,22 @@ class MTPDecoder(SpeculativeDecoder):
         if d is None:
             raise NeedsTraining("mtp", self.model_name or "this model")
         return d
+
+    @classmethod
+    def preflight(cls, model_name: str, options: dict[str, str], artifacts) -> None:
+        """Before any model loads: ``heads=DIR`` holds heads (an accbench/converted folder or a
+        Meta checkpoint folder), else the model directory holds them or the trained default exists."""
+        heads = (options or {}).get("heads")
+        if heads == "random":
+            return
+        if heads:
+            _check_heads_dir(Path(heads).expanduser(), heads)
+            return
+        d = Path(model_name).expanduser()
+        if (d / HEADS_FILE).is_file() and (d / META_FILE).is_file():
+            return
+        if artifacts is not None and artifacts.default("mtp") is None:
+            raise NeedsTraining("mtp", model_name)
 
     def drafter(self, n_positions: int) -> MTPDrafter:
         """The drafter of one generation covering ``n_positions`` (prompt + budget)."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accbench.methods.core.errors import AccbenchError
 from accbench.methods.core.quirks import logits_from_hidden, text_config
 from torch import nn
 from transformers import DynamicCache
@@ -151,22 +152,48 @@ class MTPHeads(nn.Module):
 
     @classmethod
     def load(cls, model, directory: str | Path) -> "MTPHeads":
+        """Heads from an accbench artifact / converted folder, strictly: every tensor used, every
+        shape checked against ``model``; a problem is one AccbenchError line naming the tensor."""
         from safetensors.torch import load_file
 
         d = Path(directory)
-        meta = json.loads((d / META_FILE).read_text())
-        heads = cls(model, int(meta["n_heads"]) - 1, int(meta["branch_layer"]))
+        try:
+            meta = json.loads((d / META_FILE).read_text())
+            n_extra, branch = int(meta["n_heads"]) - 1, int(meta["branch_layer"])
+        except FileNotFoundError:
+            raise AccbenchError(f"MTP heads in {d}: no {META_FILE}") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise AccbenchError(f"MTP heads in {d}: {META_FILE} needs n_heads and branch_layer "
+                                f"({type(e).__name__}: {e})") from None
+        try:
+            heads = cls(model, n_extra, branch)
+        except ValueError as e:
+            raise AccbenchError(f"MTP heads in {d}: {e}") from None
         if meta.get("layer_class") and meta["layer_class"] != heads.layer_class:
-            raise ValueError(f"MTP heads in {d} are {meta['layer_class']} blocks; this model uses {heads.layer_class}")
+            raise AccbenchError(f"MTP heads in {d} are {meta['layer_class']} blocks; this model uses "
+                                f"{heads.layer_class}")
         if int(meta.get("hidden_size", heads.config.hidden_size)) != int(heads.config.hidden_size):
-            raise ValueError(f"MTP heads in {d} were trained for hidden size {meta['hidden_size']}")
-        state = load_file(str(d / HEADS_FILE), device=str(next(model.parameters()).device))
+            raise AccbenchError(f"MTP heads in {d} were trained for hidden size {meta['hidden_size']}, this model "
+                                f"has {heads.config.hidden_size}")
+        try:
+            state = load_file(str(d / HEADS_FILE), device=str(next(model.parameters()).device))
+        except Exception as e:  # noqa: BLE001 - one line for an unreadable file
+            raise AccbenchError(f"{d / HEADS_FILE}: not a readable safetensors file "
+                                f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
         heads.draft_vocab = state.pop(DRAFT_VOCAB_KEY, None)
-        missing, unexpected = heads.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("rotary.")]
-        if missing or unexpected:
-            raise ValueError(f"MTP heads in {d} do not match this model (missing {missing[:3]}, "
-                             f"unexpected {list(unexpected)[:3]})")
+        expected = {k: list(v.shape) for k, v in heads.state_dict().items() if not k.startswith("rotary.")}
+        for k in sorted(expected):
+            if k not in state:
+                raise AccbenchError(f"{d / HEADS_FILE}: missing tensor {k} (expected shape {expected[k]}; "
+                                    f"{n_extra} heads)")
+            if list(state[k].shape) != expected[k]:
+                raise AccbenchError(f"{d / HEADS_FILE}: tensor {k} has shape {list(state[k].shape)}, expected "
+                                    f"{expected[k]}")
+        extra = sorted(set(state) - set(expected))
+        if extra:
+            raise AccbenchError(f"{d / HEADS_FILE}: unexpected tensor {extra[0]} (shape {list(state[extra[0]].shape)})"
+                                + (f" and {len(extra) - 1} more" if len(extra) > 1 else ""))
+        heads.load_state_dict(state, strict=False)
         heads.to(dtype=next(model.parameters()).dtype)
         return heads
 

@@ -5,6 +5,12 @@ with it, so here they become a plain Llama model plus :class:`MTPHeads` with
 ``branch_layer = n_layers - 1``. Convert one into a model directory ``--model OUT`` loads::
 
     python -m accbench.methods.mtp.meta convert SRC OUT [--tokenizer DIR]
+
+or, with the trunk already a Hugging Face model, read only the extra heads from the Meta
+folder: ``accbench run --methods mtp --model TRUNK -o mtp.heads=SRC`` (:func:`load_meta_heads`).
+The folder: ``params.json`` (``dim``, ``n_layers``, ``n_heads``, ``n_kv_heads``, ``vocab_size``,
+``norm_eps``, ``rope_theta``, ``n_future_tokens``) and ``consolidated.pth`` (read only with
+``torch.load(weights_only=True)``; or ``*.safetensors``).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 from pathlib import Path
 
 import torch
+from accbench.methods.core.errors import AccbenchError
 from accbench.methods.mtp.heads import MTPHeads
 
 
@@ -49,25 +56,66 @@ def _meta_layer_state(sd: dict, prefix: str, n_heads: int, n_kv: int) -> dict[st
     return out
 
 
+PARAMS_FILE = "params.json"
+
+
+def meta_weight_files(d: Path) -> list[Path]:
+    """The weight files of Meta checkpoint folder ``d`` (``*.safetensors``, else one
+    ``consolidated*.pth`` / ``*.pth`` / ``*.pt``); [] when there are none."""
+    st = sorted(d.glob("*.safetensors"))
+    return st or sorted(d.glob("consolidated*.pth")) or sorted(d.glob("*.pth")) or sorted(d.glob("*.pt"))
+
+
+def is_meta_checkpoint(path: str | Path) -> bool:
+    """``path`` is a Meta checkpoint folder: ``params.json`` and a weight file."""
+    d = Path(path).expanduser()
+    return (d / PARAMS_FILE).is_file() and bool(meta_weight_files(d))
+
+
+def _load_pth(f: Path) -> dict:
+    try:
+        obj = torch.load(str(f), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - weights_only refuses arbitrary pickled objects: one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise AccbenchError(f"{f}: refused to load (not a plain tensor state dict; torch.load weights_only: "
+                            f"{first[:160]})") from None
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                            for k, v in obj.items()):
+        raise AccbenchError(f"{f}: holds a {type(obj).__name__}, not a state dict of named tensors")
+    return obj
+
+
 def read_meta_state_dict(path: str | Path) -> tuple[dict, dict]:
     """(params, state dict) from a Meta checkpoint directory: ``params.json`` plus
-    ``*.safetensors`` or ``consolidated*.pth`` (read with ``weights_only=True``: no pickle code)."""
-    d = Path(path)
-    params = json.loads((d / "params.json").read_text())
-    st = sorted(d.glob("*.safetensors"))
-    pth = sorted(d.glob("consolidated*.pth")) or sorted(d.glob("*.pth")) or sorted(d.glob("*.pt"))
-    if st:
+    ``*.safetensors`` or ``consolidated*.pth`` (read with ``weights_only=True``: no pickle code).
+    Anything else is a one-line :class:`AccbenchError`."""
+    d = Path(path).expanduser()
+    if not (d / PARAMS_FILE).is_file():
+        raise AccbenchError(f"{d}: no {PARAMS_FILE} (a Meta checkpoint folder holds params.json and consolidated.pth)")
+    try:
+        params = json.loads((d / PARAMS_FILE).read_text())
+    except ValueError as e:
+        raise AccbenchError(f"{d / PARAMS_FILE}: not JSON ({e})") from None
+    if not isinstance(params, dict):
+        raise AccbenchError(f"{d / PARAMS_FILE}: not a JSON object")
+    files = meta_weight_files(d)
+    if not files:
+        raise AccbenchError(f"{d}: no *.safetensors or consolidated*.pth next to {PARAMS_FILE}")
+    if files[0].suffix == ".safetensors":
         from safetensors.torch import load_file
 
         sd: dict = {}
-        for f in st:
-            sd.update(load_file(str(f)))
-    elif len(pth) == 1:
-        sd = torch.load(str(pth[0]), map_location="cpu", weights_only=True)
-    elif pth:
-        raise ValueError(f"{d}: {len(pth)} model-parallel shards; merge them into one state dict first")
+        for f in files:
+            try:
+                sd.update(load_file(str(f)))
+            except Exception as e:  # noqa: BLE001
+                raise AccbenchError(f"{f}: not a readable safetensors file ({(str(e).splitlines() or [e])[0]})") \
+                    from None
+    elif len(files) == 1:
+        sd = _load_pth(files[0])
     else:
-        raise FileNotFoundError(f"no *.safetensors or consolidated.*.pth in {d}")
+        raise AccbenchError(f"{d}: {len(files)} model-parallel shards ({files[0].name}, ...); merge them into one "
+                            "state dict first")
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     return params, sd
 
@@ -92,7 +140,7 @@ def load_meta_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32):
     n_future = int(params.get("n_future_tokens", 1))
     extra = sorted({int(k.split(".")[1]) for k in sd if k.startswith("extra_heads.")})
     if n_future < 2 or len(extra) != n_future - 1:
-        raise ValueError(f"{path}: n_future_tokens={n_future} but {len(extra)} extra_heads in the state dict")
+        raise AccbenchError(f"{path}: n_future_tokens={n_future} but {len(extra)} extra_heads in the state dict")
     cfg = LlamaConfig(
         vocab_size=vocab, hidden_size=dim, intermediate_size=int(sd["layers.0.feed_forward.w1.weight"].shape[0]),
         num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv,
@@ -119,10 +167,99 @@ def load_meta_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32):
     missing, unexpected = heads.load_state_dict(hs, strict=False)
     missing = [k for k in missing if not k.startswith("rotary.")]
     if missing or unexpected:
-        raise ValueError(f"extra heads do not map onto {heads.layer_class}: missing {missing[:3]}, "
-                         f"unexpected {list(unexpected)[:3]}")
+        raise AccbenchError(f"extra heads do not map onto {heads.layer_class}: missing {missing[:3]}, "
+                            f"unexpected {list(unexpected)[:3]}")
     heads.eval()
     return model, heads
+
+
+def _shape(t: torch.Tensor) -> list[int]:
+    return list(t.shape)
+
+
+@torch.no_grad()
+def load_meta_heads(path: str | Path, model) -> MTPHeads:
+    """The extra heads of Meta checkpoint folder ``path`` (``-o mtp.heads=DIR``) on the run's
+    ``model``, which must be that checkpoint's trunk + next-token head as a Hugging Face Llama
+    (e.g. ``python -m accbench.methods.mtp.meta convert``, or any conversion of the same weights).
+
+    Strict: params.json must describe ``model`` (dim, layers, heads, kv heads, vocabulary);
+    every tensor of the state dict is accounted for with its shape checked (trunk tensors
+    against the model's; ``extra_heads.{j}.*`` against the head layers); the model's final norm,
+    unembedding, embedding and last layer must equal the checkpoint's (heads on another trunk
+    are meaningless). Any problem is one :class:`AccbenchError` line naming the tensor."""
+    from accbench.methods.core.quirks import text_config
+
+    d = Path(path).expanduser()
+    params, sd = read_meta_state_dict(d)
+    cfg = text_config(model)
+    try:
+        dim, n_layers, n_heads = int(params["dim"]), int(params["n_layers"]), int(params["n_heads"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise AccbenchError(f"{d / PARAMS_FILE}: needs dim, n_layers and n_heads ({type(e).__name__}: {e})") from None
+    n_kv = int(params.get("n_kv_heads") or n_heads)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    want = {"dim": (dim, cfg.hidden_size), "n_layers": (n_layers, cfg.num_hidden_layers),
+            "n_heads": (n_heads, cfg.num_attention_heads),
+            "n_kv_heads": (n_kv, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)}
+    if int(params.get("vocab_size", -1)) > 0:
+        want["vocab_size"] = (int(params["vocab_size"]), vocab)
+    for key, (a, b) in want.items():
+        if a != b:
+            raise AccbenchError(f"{d / PARAMS_FILE}: {key}={a} but the run's --model has {b}: --model must be this "
+                                f"checkpoint's trunk (python -m accbench.methods.mtp.meta convert {d} OUT; --model OUT)")
+    extra = sorted({int(k.split(".")[1]) for k in sd if k.startswith("extra_heads.") and k.split(".")[1].isdigit()})
+    n_future = int(params.get("n_future_tokens", len(extra) + 1))
+    if not extra:
+        raise AccbenchError(f"{d}: no extra_heads.* tensors (an MTP checkpoint stores heads 2..n there)")
+    if extra != list(range(len(extra))) or n_future != len(extra) + 1:
+        raise AccbenchError(f"{d}: params.json says n_future_tokens={n_future} but the state dict holds extra_heads "
+                            f"{extra} (expected 0..{n_future - 2})")
+    heads = MTPHeads(model, len(extra), branch_layer=n_layers - 1)
+    # every tensor the checkpoint must hold, with its shape in Meta's layout
+    hf_state = model.state_dict()
+    expected: dict[str, tuple[list[int], str | None]] = {
+        "tok_embeddings.weight": (_shape(hf_state["model.embed_tokens.weight"]), "model.embed_tokens.weight"),
+        "norm.weight": (_shape(hf_state["model.norm.weight"]), "model.norm.weight"),
+        "output.weight": (_shape(model.get_output_embeddings().weight), None)}
+    layer_state = heads.layers[0].state_dict()
+    for src, dst in _META_LAYER.items():
+        if dst not in layer_state:
+            raise AccbenchError(f"the run's --model ({type(model).__name__}) has no {dst} in its layers: Meta's MTP "
+                                "checkpoints are Llama models")
+        for i in range(n_layers):
+            expected[f"layers.{i}.{src}"] = (_shape(layer_state[dst]), f"model.layers.{i}.{dst}")
+        for j in extra:
+            expected[f"extra_heads.{j}.{src}"] = (_shape(layer_state[dst]), None)
+    for k in sorted(expected, key=lambda s: [int(x) if x.isdigit() else x for x in s.split(".")]):
+        if k not in sd:
+            raise AccbenchError(f"{d}: missing tensor {k} (expected shape {expected[k][0]})")
+        if _shape(sd[k]) != expected[k][0]:
+            raise AccbenchError(f"{d}: tensor {k} has shape {_shape(sd[k])}, expected {expected[k][0]}")
+    unexpected = sorted(k for k in sd if k not in expected and not k.endswith("rope.freqs"))
+    if unexpected:
+        raise AccbenchError(f"{d}: unexpected tensor {unexpected[0]} (shape {_shape(sd[unexpected[0]])})"
+                            + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
+    # the run's model must be this checkpoint's trunk
+    last = n_layers - 1
+    ours = {"tok_embeddings.weight": hf_state["model.embed_tokens.weight"], "norm.weight": hf_state["model.norm.weight"],
+            "output.weight": model.get_output_embeddings().weight}
+    for k, v in _meta_layer_state(sd, f"layers.{last}.", n_heads, n_kv).items():
+        ours[f"layers.{last}.{k}"] = hf_state[f"model.layers.{last}.{k}"]
+        sd[f"layers.{last}.{k}"] = v
+    for k, mine in ours.items():
+        theirs = sd[k].to(device=mine.device, dtype=torch.float32)
+        if not torch.allclose(mine.detach().float(), theirs, rtol=1e-2, atol=1e-3):
+            raise AccbenchError(f"{d}: the run's --model differs from this checkpoint's trunk ({k}): Meta's extra "
+                                f"heads need their own trunk (python -m accbench.methods.mtp.meta convert {d} OUT; "
+                                "--model OUT)")
+    p = next(model.parameters())
+    for j in extra:
+        state = {k: v.to(device=p.device, dtype=p.dtype)
+                 for k, v in _meta_layer_state(sd, f"extra_heads.{j}.", n_heads, n_kv).items()}
+        heads.layers[j].load_state_dict(state, strict=True)
+    heads.eval()
+    return heads
 
 
 def convert_meta_checkpoint(src: str | Path, out: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
